@@ -1,0 +1,33 @@
+{#-
+  Events with their time bucket. Bucket b covers [b * step, (b + 1) * step) since the epoch, so an
+  event in bucket b is strictly before cutoff k exactly when b < k. All point-in-time logic
+  downstream compares buckets with cutoff indexes and never compares timestamps again.
+-#}
+
+with events as (
+
+    select * from {{ ref('stg_events') }}
+
+),
+
+categories as (
+
+    select category_key, category_idx from {{ ref('int_category_vocabulary') }}
+
+)
+
+select
+    events.user_id,
+    events.event_time,
+    epoch_us(events.event_time) as event_us,
+    (epoch_us(events.event_time) // {{ step_micros() }})::bigint as bucket,
+    events.event_type_code,
+    events.product_id,
+    coalesce(categories.category_idx, 0) as category_idx,
+    events.brand,
+    events.price,
+    events.session_id
+from events
+left join categories
+    on categories.category_key = coalesce(events.category_id, 'code:' || events.category_code)
+order by events.user_id, events.event_time

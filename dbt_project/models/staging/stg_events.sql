@@ -1,0 +1,76 @@
+{#-
+  Typed and cleaned events. The raw user id is replaced by a salted hash here and never leaves
+  the raw layer. Events without a source session id get one from 30 minutes of inactivity; the
+  derived id is the user plus the session's first event time, so appending later events never
+  renames an earlier session.
+-#}
+{%- set salt = env_var('PROPENSITY_PSEUDONYM_SALT', 'development-salt-not-secret') -%}
+
+with raw_events as (
+
+    select * from {{ source('raw', 'events') }}
+
+),
+
+cleaned as (
+
+    select
+        event_time,
+        event_type,
+        case event_type
+            when 'view' then 1
+            when 'cart' then 2
+            when 'remove_from_cart' then 3
+            when 'purchase' then 4
+            when 'wishlist' then 5
+        end::utinyint as event_type_code,
+        trim(product_id) as product_id,
+        nullif(trim(category_id), '') as category_id,
+        nullif(lower(trim(category_code)), '') as category_code,
+        nullif(lower(trim(brand)), '') as brand,
+        price,
+        -- 60 bits of a salted SHA-256: pseudonymous, and a compact key for the marts.
+        ('0x' || left(sha256('{{ salt }}' || ':' || user_id), 15))::bigint as user_id,
+        nullif(trim(user_session), '') as source_session_id,
+        source
+    from raw_events
+
+),
+
+events_without_session as (
+
+    select
+        *,
+        coalesce(
+            event_time - lag(event_time) over by_user_time
+                > interval '{{ var("session_gap_minutes") }} minutes',
+            true
+        ) as starts_session
+    from cleaned
+    where source_session_id is null
+    window by_user_time as (partition by user_id order by event_time)
+
+),
+
+derived_sessions as (
+
+    select
+        * exclude (starts_session),
+        'derived-' || user_id || '-' || epoch_ms(
+            max(case when starts_session then event_time end) over (
+                partition by user_id order by event_time
+                range between unbounded preceding and current row
+            )
+        ) as session_id
+    from events_without_session
+
+)
+
+select * exclude (source_session_id), source_session_id as session_id
+from cleaned
+where source_session_id is not null
+
+union all
+
+select * exclude (source_session_id)
+from derived_sessions

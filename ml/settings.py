@@ -1,0 +1,47 @@
+"""Where the project keeps its state.
+
+Every location has an embedded default under the gitignored `.local/` folder of the repository and
+an environment variable to override it. Values are read when a function is called, never at
+import time, so tests and the Dagster UI can point the same code at other folders.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
+
+# A development default only: set PROPENSITY_PSEUDONYM_SALT to a secret in any real deployment.
+DEVELOPMENT_SALT = "development-salt-not-secret"
+
+
+def _path_from_env(variable: str, default: Path) -> Path:
+    value = os.environ.get(variable)
+    return Path(value).expanduser().resolve() if value else default
+
+
+def local_dir() -> Path:
+    """Root of the embedded runtime state (PROPENSITY_HOME, default `.local/`)."""
+    return _path_from_env("PROPENSITY_HOME", PROJECT_ROOT / ".local")
+
+
+def warehouse_path() -> Path:
+    """The DuckDB warehouse file (PROPENSITY_WAREHOUSE, default `.local/warehouse.duckdb`)."""
+    return _path_from_env("PROPENSITY_WAREHOUSE", local_dir() / "warehouse.duckdb")
+
+
+def landing_dir() -> Path:
+    """Folder where event files arrive (PROPENSITY_LANDING_DIR, default `.local/landing/`)."""
+    return _path_from_env("PROPENSITY_LANDING_DIR", local_dir() / "landing")
+
+
+def dagster_home() -> Path:
+    """The Dagster instance folder (DAGSTER_HOME, default `.local/dagster/`)."""
+    return _path_from_env("DAGSTER_HOME", local_dir() / "dagster")
+
+
+def pseudonym_salt() -> str:
+    """Salt for hashing user ids (PROPENSITY_PSEUDONYM_SALT, a development default otherwise)."""
+    return os.environ.get("PROPENSITY_PSEUDONYM_SALT", DEVELOPMENT_SALT)

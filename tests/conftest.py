@@ -1,0 +1,60 @@
+"""Shared test helpers: a real dbt CLI against real DuckDB files in temporary folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from ml.settings import DBT_PROJECT_DIR, PROJECT_ROOT
+
+BIN_DIR = Path(sys.executable).parent
+SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The Dagster definitions need dbt's manifest; prepare it once, as `make manifest` does."""
+    os.environ["PATH"] = f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+    if not (DBT_PROJECT_DIR / "target" / "manifest.json").exists():
+        subprocess.run(
+            ["dbt", "parse", "--quiet", "--profiles-dir", "."], cwd=DBT_PROJECT_DIR, check=True
+        )
+
+
+def run_dbt(
+    warehouse: Path, command: str = "build", dbt_vars: dict | None = None, select: str = ""
+) -> subprocess.CompletedProcess:
+    """Runs the real dbt CLI on `warehouse`, with its own target folder so runs never collide."""
+    args = [
+        "dbt",
+        command,
+        "--profiles-dir",
+        ".",
+        "--target-path",
+        str(warehouse.parent / "target"),
+    ]
+    if dbt_vars:
+        args += ["--vars", json.dumps(dbt_vars)]
+    if select:
+        args += ["--select", select]
+    env = {**os.environ, "PROPENSITY_WAREHOUSE": str(warehouse)}
+    result = subprocess.run(args, cwd=DBT_PROJECT_DIR, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"dbt {command} failed:\n{result.stdout[-4000:]}"
+    return result
+
+
+def query(warehouse: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return con.sql(sql).fetchall()
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    if not SHARED_DATASETS.exists():
+        pytest.skip(f"the team's sample datasets are not at {SHARED_DATASETS}")
+    return SHARED_DATASETS
