@@ -26,7 +26,7 @@ $(MANIFEST): $(INSTALLED) $(DBT_SOURCES)
 manifest: $(MANIFEST)
 
 run: $(MANIFEST)
-	mkdir -p $(DAGSTER_HOME)
+	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m orchestration.run
 
 test: $(MANIFEST) lint
@@ -41,10 +41,11 @@ format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
 
 validate: $(MANIFEST)
+	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	dagster definitions validate -w workspace.yaml
 
 ui: $(MANIFEST)
-	mkdir -p $(DAGSTER_HOME)
+	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	dagster dev -w workspace.yaml --host 127.0.0.1
 
 bench: $(MANIFEST)

@@ -16,13 +16,15 @@ MART_TABLES = ("marts.cutoffs", "marts.user_features", "marts.labels", "marts.us
 
 def warehouse_summary() -> list[str]:
     with duckdb.connect(str(settings.warehouse_path()), read_only=True) as con:
+
+        def scalar(sql: str) -> float:
+            return con.sql(sql).fetchall()[0][0]
+
         lines = [
-            f"  {table:<24} {con.sql(f'select count(*) from {table}').fetchone()[0]:>12,} rows"
+            f"  {table:<24} {scalar(f'select count(*) from {table}'):>12,} rows"
             for table in ("raw.events", "raw.quarantine", *MART_TABLES)
         ]
-        rate = con.sql(
-            "select avg(purchased::int) from marts.labels where horizon_complete"
-        ).fetchone()[0]
+        rate = scalar("select avg(purchased::int) from marts.labels where horizon_complete")
     lines.append(f"  purchase rate within the horizon (complete windows): {rate:.2%}")
     return lines
 
@@ -30,6 +32,7 @@ def warehouse_summary() -> list[str]:
 def main() -> int:
     home = settings.dagster_home()
     home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()  # an empty instance config: everything stored in home
     os.environ["DAGSTER_HOME"] = str(home)
     from orchestration.definitions import defs
 

@@ -1,12 +1,14 @@
 """Features: the dbt project (staging -> intermediate -> marts) as assets, its tests as checks."""
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
+from ml import settings
 from orchestration.project import dbt_project
 
 
@@ -29,5 +31,8 @@ def warehouse_dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, config: FeatureWindowConfig
 ) -> Iterator[Any]:
     """Builds and tests the models; each dbt data test is reported as an asset check."""
+    # dbt reads the warehouse path from its environment (profiles.yml); hand it the path that
+    # ml.settings resolved, so PROPENSITY_HOME and PROPENSITY_WAREHOUSE mean the same to both.
+    os.environ["PROPENSITY_WAREHOUSE"] = str(settings.warehouse_path())
     dbt_vars = json.dumps(config.model_dump())
     yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
