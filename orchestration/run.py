@@ -36,7 +36,7 @@ def main() -> int:
     os.environ["DAGSTER_HOME"] = str(home)
     from orchestration.definitions import defs
 
-    job = defs().get_job_def("full_pipeline")
+    job = defs().resolve_job_def("full_pipeline")
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(instance=instance, raise_on_error=False)
     if not result.success:

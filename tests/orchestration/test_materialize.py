@@ -25,7 +25,7 @@ def test_full_pipeline_materializes_ingestion_and_dbt_assets(project_home: Path)
     from orchestration.definitions import defs
 
     definitions = defs()
-    job = definitions.get_job_def("full_pipeline")
+    job = definitions.resolve_job_def("full_pipeline")
     run_config = {"ops": {"landing__synthetic_events": {"config": SMALL_SHOP}}}
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(run_config=run_config, instance=instance)
@@ -62,7 +62,7 @@ def test_full_pipeline_materializes_ingestion_and_dbt_assets(project_home: Path)
 def test_a_second_run_ingests_nothing_new(project_home: Path) -> None:
     from orchestration.definitions import defs
 
-    job = defs().get_job_def("full_pipeline")
+    job = defs().resolve_job_def("full_pipeline")
     run_config = {"ops": {"landing__synthetic_events": {"config": SMALL_SHOP}}}
     selection = ["landing/synthetic_events", "raw/events"]
     with dg.instance_for_test() as instance:
