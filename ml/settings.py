@@ -45,3 +45,20 @@ def dagster_home() -> Path:
 def pseudonym_salt() -> str:
     """Salt for hashing user ids (PROPENSITY_PSEUDONYM_SALT, a development default otherwise)."""
     return os.environ.get("PROPENSITY_PSEUDONYM_SALT", DEVELOPMENT_SALT)
+
+
+def mlflow_tracking_uri() -> str:
+    """MLflow tracking store (MLFLOW_TRACKING_URI, default sqlite:///.local/mlflow.db)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{local_dir() / 'mlflow.db'}"
+
+
+def mlflow_artifacts_dir() -> Path:
+    """Where new MLflow experiments keep artifacts (PROPENSITY_MLFLOW_ARTIFACTS, default
+    `.local/mlartifacts/`)."""
+    return _path_from_env("PROPENSITY_MLFLOW_ARTIFACTS", local_dir() / "mlartifacts")
+
+
+def optuna_storage() -> str:
+    """Optuna storage: a journal file path, or an RDB URL such as postgresql://... for several
+    machines (PROPENSITY_OPTUNA_STORAGE, default `.local/optuna.journal`)."""
+    return os.environ.get("PROPENSITY_OPTUNA_STORAGE") or str(local_dir() / "optuna.journal")
