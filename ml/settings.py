@@ -62,3 +62,9 @@ def optuna_storage() -> str:
     """Optuna storage: a journal file path, or an RDB URL such as postgresql://... for several
     machines (PROPENSITY_OPTUNA_STORAGE, default `.local/optuna.journal`)."""
     return os.environ.get("PROPENSITY_OPTUNA_STORAGE") or str(local_dir() / "optuna.journal")
+
+
+def training_dir() -> Path:
+    """Intermediate training data such as the resampled training split (PROPENSITY_TRAINING_DIR,
+    default `.local/training/`)."""
+    return _path_from_env("PROPENSITY_TRAINING_DIR", local_dir() / "training")
