@@ -9,11 +9,20 @@ import dagster as dg
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    from orchestration.defs import features, ingest, jobs
+    from orchestration.defs import features, ingest, jobs, scoring, training
     from orchestration.defs.resources import build_resources
 
     return dg.Definitions(
-        assets=[ingest.synthetic_event_files, ingest.raw_events, features.warehouse_dbt_models],
+        assets=[
+            ingest.synthetic_event_files,
+            ingest.raw_events,
+            features.warehouse_dbt_models,
+            training.xgb_study,
+            training.resampled_train,
+            training.xgb_model,
+            training.champion,
+            scoring.propensity_scores,
+        ],
         jobs=[jobs.full_pipeline],
         resources=build_resources(),
     )

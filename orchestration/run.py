@@ -1,17 +1,26 @@
 """`make run`: the full pipeline on the embedded default, recorded in the project's Dagster
 instance (so the run shows up in `dagster dev`), then a short summary of what it left where."""
 
-from __future__ import annotations
-
 import os
 import sys
 
 import dagster as dg
 import duckdb
+import mlflow
 
 from ml import settings
+from ml.registry import CHAMPION, MODEL_NAME
 
-MART_TABLES = ("marts.cutoffs", "marts.user_features", "marts.labels", "marts.user_sequences")
+WAREHOUSE_TABLES = (
+    "raw.events",
+    "raw.quarantine",
+    "marts.cutoffs",
+    "marts.user_features",
+    "marts.labels",
+    "marts.user_sequences",
+    "predictions.user_propensity",
+    "predictions.intervention_targets",
+)
 
 
 def warehouse_summary() -> list[str]:
@@ -21,11 +30,33 @@ def warehouse_summary() -> list[str]:
             return con.sql(sql).fetchall()[0][0]
 
         lines = [
-            f"  {table:<24} {scalar(f'select count(*) from {table}'):>12,} rows"
-            for table in ("raw.events", "raw.quarantine", *MART_TABLES)
+            f"  {table:<34} {scalar(f'select count(*) from {table}'):>10,} rows"
+            for table in WAREHOUSE_TABLES
         ]
         rate = scalar("select avg(purchased::int) from marts.labels where horizon_complete")
     lines.append(f"  purchase rate within the horizon (complete windows): {rate:.2%}")
+    return lines
+
+
+def model_summary() -> list[str]:
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri())
+    champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
+    run = client.get_run(champion.run_id)
+    test_pr_auc = {
+        key.removeprefix("test_").removesuffix("_pr_auc"): value
+        for key, value in run.data.metrics.items()
+        if key.startswith("test_") and key.endswith("_pr_auc")
+    }
+    lines = [
+        f"  {MODEL_NAME}@{CHAMPION} = version {champion.version} "
+        f"({champion.tags.get('family', '?')}); last decision: "
+        f"{champion.tags.get('promotion_reason', 'n/a')}",
+        "  test PR-AUC: "
+        + ", ".join(
+            f"{name} {value:.3f}"
+            for name, value in sorted(test_pr_auc.items(), key=lambda kv: -kv[1])
+        ),
+    ]
     return lines
 
 
@@ -45,7 +76,12 @@ def main() -> int:
     print(f"\nfull_pipeline succeeded (run {result.run_id})")
     print(f"Warehouse: {settings.warehouse_path()}")
     print("\n".join(warehouse_summary()))
-    print(f"Dagster instance: {home}  (browse it with `make ui`)")
+    print(
+        f"MLflow: {settings.mlflow_tracking_uri()} (artifacts in {settings.mlflow_artifacts_dir()})"
+    )
+    print("\n".join(model_summary()))
+    print(f"Optuna storage: {settings.optuna_storage()}")
+    print(f"Dagster instance: {home}  (browse all of it with `make ui`)")
     return 0
 
 

@@ -5,5 +5,8 @@ import dagster as dg
 full_pipeline = dg.define_asset_job(
     "full_pipeline",
     selection=dg.AssetSelection.all(),
-    description="Everything end to end: demo events, ingestion, and the dbt feature warehouse.",
+    description=(
+        "Everything end to end: demo events, ingestion, the dbt feature warehouse, tuning, "
+        "training, promotion and scoring."
+    ),
 )

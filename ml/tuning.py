@@ -1,0 +1,267 @@
+"""Optuna search over XGBoost parameters and the training-set resampling strategy.
+
+One study lives in persistent storage (a journal file or an RDB URL), so a rerun continues the
+same study and its trial count grows. Each trial resamples only the train split, trains with early
+stopping on the validation split and is scored by validation average precision (PR-AUC). The test
+split is never read here: it stays untouched for the final comparison and the promotion decision.
+Each trial is also a nested MLflow run under whatever run is active.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import xgboost as xgb
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+from optuna_integration import XGBoostPruningCallback
+from sklearn.metrics import average_precision_score
+
+from ml import settings
+from ml.resampling import STRATEGIES, resample_training
+from ml.splits import SplitData
+from ml.xgb import VALIDATION_METRIC_KEY, predict_proba, train_xgb, xgb_device
+
+# Resampling keys in a parameter set; every other key is an XGBoost parameter.
+STRATEGY_KEY = "strategy"
+TARGET_RATIO_KEY = "target_ratio"
+# Used for strategy "none", which has no ratio to tune.
+DEFAULT_TARGET_RATIO = 0.5
+# Boosting rounds every trial may run before the median pruner may stop it.
+PRUNER_WARMUP_ROUNDS = 10
+PRUNER_STARTUP_TRIALS = 5
+
+
+@dataclass
+class TuningConfig:
+    """Budget and identity of a tuning run.
+
+    `storage` is a journal file path or an RDB URL (see `optuna_storage`); empty means the
+    project default, `ml.settings.optuna_storage()`, read when tuning starts.
+
+    `seed` seeds the sampler only. Every trial trains with `fit_with_params`'s fixed seed, so
+    refitting the best parameters with the same round budget reproduces the best trial's model.
+    """
+
+    n_trials: int = 20
+    timeout_s: float = 600
+    seed: int = 42
+    study_name: str = "purchase-propensity-xgb"
+    storage: str = ""
+    pruning: bool = True
+    strategies: Sequence[str] = field(default_factory=lambda: tuple(STRATEGIES))
+    num_boost_round: int = 1000
+    early_stopping_rounds: int = 50
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """Outcome of the whole study so far (best_*) and of this call (n_trials_this_run, counts)."""
+
+    best_params: dict[str, Any]
+    best_value: float
+    best_trial_number: int
+    best_iteration: int | None
+    study_name: str
+    n_trials_total: int
+    n_trials_this_run: int
+    n_pruned: int
+    n_complete: int
+
+
+def optuna_storage(storage: str) -> str | JournalStorage:
+    """An RDB URL (anything with "://") as is; otherwise a journal file at that path.
+
+    The journal file suits several processes on one machine; an RDB URL suits several machines.
+    """
+    if not storage:
+        raise ValueError("No Optuna storage given: pass a journal file path or an RDB URL")
+    if "://" in storage:
+        return storage
+    path = Path(storage).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def suggest_params(trial: optuna.Trial, strategies: Sequence[str]) -> dict[str, Any]:
+    """The search space: the resampling strategy, its target ratio and XGBoost parameters."""
+    strategy = trial.suggest_categorical(STRATEGY_KEY, list(strategies))
+    if strategy == "none":
+        target_ratio = DEFAULT_TARGET_RATIO
+    else:
+        target_ratio = trial.suggest_float(TARGET_RATIO_KEY, 0.1, 1.0)
+    return {
+        STRATEGY_KEY: strategy,
+        TARGET_RATIO_KEY: target_ratio,
+        "max_depth": trial.suggest_int("max_depth", 2, 8),
+        "eta": trial.suggest_float("eta", 0.02, 0.3, log=True),
+        "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 20.0, log=True),
+        "subsample": trial.suggest_float("subsample", 0.5, 1.0),
+        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
+        "lambda": trial.suggest_float("lambda", 1e-3, 10.0, log=True),
+        "alpha": trial.suggest_float("alpha", 1e-3, 10.0, log=True),
+    }
+
+
+def fit_with_params(
+    data: SplitData,
+    params: dict[str, Any],
+    callbacks: Sequence[xgb.callback.TrainingCallback] = (),
+    device: str | None = None,
+    num_boost_round: int = 1000,
+    early_stopping_rounds: int = 50,
+    seed: int = 0,
+) -> xgb.Booster:
+    """Resamples the train split as `params` say and trains XGBoost on it.
+
+    Trials and the final model both go through here, so the final model is trained exactly like
+    the trial that chose its parameters (same `seed` and round budget give the same booster).
+    Reads only the train and validation splits.
+    """
+    xgb_params = {k: v for k, v in params.items() if k not in (STRATEGY_KEY, TARGET_RATIO_KEY)}
+    resampled = resample_training(
+        data.X_train,
+        data.y_train,
+        params[STRATEGY_KEY],
+        target_ratio=params.get(TARGET_RATIO_KEY, DEFAULT_TARGET_RATIO),
+        seed=seed,
+    )
+    return train_xgb(
+        {**xgb_params, "seed": seed},
+        resampled.X,
+        resampled.y,
+        data.X_validation,
+        data.y_validation,
+        sample_weight=resampled.sample_weight,
+        callbacks=callbacks,
+        device=device,
+        num_boost_round=num_boost_round,
+        early_stopping_rounds=early_stopping_rounds,
+    )
+
+
+def tune_xgb(
+    data: SplitData, config: TuningConfig, log: Callable[[str], None] = print
+) -> TuningResult:
+    """Runs `config.n_trials` more trials (or until `config.timeout_s`) of the named study.
+
+    `log` gets one line per trial (the Dagster logger in the pipeline, print otherwise).
+    """
+    device = xgb_device()
+    study = optuna.create_study(
+        storage=optuna_storage(config.storage or settings.optuna_storage()),
+        study_name=config.study_name,
+        direction="maximize",
+        load_if_exists=True,
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_ROUNDS
+        ),
+    )
+    n_before = len(study.trials)
+    # Seeded for reproducibility, offset by the trials already run so that a rerun does not
+    # replay the first run's random start-up samples.
+    study.sampler = optuna.samplers.TPESampler(seed=config.seed + n_before)
+    log(
+        f"Study {config.study_name!r}: {n_before} earlier trials; running up to "
+        f"{config.n_trials} more (timeout {config.timeout_s:g}s) on {device}"
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest_params(trial, config.strategies)
+        callbacks = [XGBoostPruningCallback(trial, VALIDATION_METRIC_KEY)] if config.pruning else []
+        with mlflow.start_run(nested=True, run_name=f"trial-{trial.number}"):
+            mlflow.log_params(params)
+            mlflow.set_tags({"optuna_study": config.study_name, "optuna_trial": trial.number})
+            try:
+                booster = fit_with_params(
+                    data,
+                    params,
+                    callbacks=callbacks,
+                    device=device,
+                    num_boost_round=config.num_boost_round,
+                    early_stopping_rounds=config.early_stopping_rounds,
+                )
+            except optuna.TrialPruned as pruned:
+                # Caught so that the MLflow run ends as finished rather than failed.
+                mlflow.set_tags({"trial_state": "pruned", "pruned_reason": str(pruned)})
+                pruned_reason = str(pruned)
+            else:
+                value = float(
+                    average_precision_score(
+                        data.y_validation, predict_proba(booster, data.X_validation)
+                    )
+                )
+                trial.set_user_attr("best_iteration", booster.best_iteration)
+                mlflow.set_tag("trial_state", "complete")
+                mlflow.log_metrics(
+                    {"validation_pr_auc": value, "best_iteration": booster.best_iteration}
+                )
+                return value
+        # Only a pruned trial gets here; Optuna records it as pruned when this is raised.
+        raise optuna.TrialPruned(pruned_reason)
+
+    # Numbers of the trials this call ran (other workers may add trials to the same study).
+    run_here: list[int] = []
+
+    def log_progress(study: optuna.Study, trial: FrozenTrial) -> None:
+        run_here.append(trial.number)
+        if trial.state == TrialState.COMPLETE:
+            outcome = f"validation PR-AUC {trial.value:.4f}"
+        elif trial.state == TrialState.PRUNED:
+            outcome = f"pruned at round {trial.last_step}"
+        else:
+            outcome = trial.state.name.lower()
+        best = _best_trial(study)
+        best_text = f"best {best.value:.4f} (trial {best.number})" if best else "no best yet"
+        log(
+            f"trial {trial.number} ({len(run_here)}/{config.n_trials} this run): "
+            f"{trial.params.get(STRATEGY_KEY)} -> {outcome}; {best_text}"
+        )
+
+    study.optimize(
+        objective, n_trials=config.n_trials, timeout=config.timeout_s, callbacks=[log_progress]
+    )
+
+    best = _best_trial(study)
+    if best is None:
+        raise RuntimeError(
+            f"Study {config.study_name!r} has no complete trial; raise n_trials or timeout_s"
+        )
+    this_run = [t for t in study.trials if t.number in run_here]
+    return TuningResult(
+        best_params=params_of(best),
+        best_value=float(best.value),
+        best_trial_number=best.number,
+        best_iteration=best.user_attrs.get("best_iteration"),
+        study_name=config.study_name,
+        n_trials_total=len(study.trials),
+        n_trials_this_run=len(this_run),
+        n_pruned=sum(t.state == TrialState.PRUNED for t in this_run),
+        n_complete=sum(t.state == TrialState.COMPLETE for t in this_run),
+    )
+
+
+def load_best_params(study_name: str, storage: str) -> dict[str, Any]:
+    """The best complete trial's parameters from storage, ready for `fit_with_params`."""
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage(storage))
+    best = _best_trial(study)
+    if best is None:
+        raise ValueError(f"Study {study_name!r} has no complete trial yet; tune first")
+    return params_of(best)
+
+
+def params_of(trial: FrozenTrial) -> dict[str, Any]:
+    """A trial's full parameter set, with the default target ratio filled in for "none"."""
+    return {TARGET_RATIO_KEY: DEFAULT_TARGET_RATIO, **trial.params}
+
+
+def _best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best complete trial, or None (study.best_trial raises when there is none)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(complete, key=lambda t: t.value) if complete else None

@@ -1,0 +1,150 @@
+"""Tuning on real Optuna journal storage and a real MLflow store, with tiny budgets."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.trial import TrialState
+from sklearn.metrics import average_precision_score
+
+from ml.splits import SplitData
+from ml.tuning import TuningConfig, fit_with_params, load_best_params, optuna_storage, tune_xgb
+from ml.xgb import predict_proba
+
+pytestmark = pytest.mark.usefixtures("single_thread_xgboost")
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def tiny_config(storage: Path, **changes) -> TuningConfig:
+    config = TuningConfig(
+        n_trials=3,
+        timeout_s=300,
+        storage=str(storage),
+        num_boost_round=40,
+        early_stopping_rounds=10,
+    )
+    return replace(config, **changes)
+
+
+def load_trials(config: TuningConfig) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(
+        study_name=config.study_name, storage=optuna_storage(config.storage)
+    ).trials
+
+
+class Untouchable:
+    """Stands in for the test split: any use at all fails the test."""
+
+    def __getattribute__(self, name: str):
+        raise AssertionError(f"tuning touched the test split (.{name})")
+
+    def __len__(self) -> int:
+        raise AssertionError("tuning touched the test split (len)")
+
+    def __getitem__(self, key):
+        raise AssertionError("tuning touched the test split ([])")
+
+    def __iter__(self):
+        raise AssertionError("tuning touched the test split (iter)")
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("tuning touched the test split (numpy)")
+
+
+def test_storage_is_a_journal_file_or_an_rdb_url(tmp_path: Path) -> None:
+    journal = tmp_path / "new" / "folder" / "optuna.journal"
+    assert isinstance(optuna_storage(str(journal)), JournalStorage)
+    assert journal.parent.is_dir()
+    assert optuna_storage("sqlite:///x.db") == "sqlite:///x.db"
+    with pytest.raises(ValueError):
+        optuna_storage("")
+
+
+def test_a_rerun_continues_the_same_study(
+    split_data: SplitData, mlflow_store: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(tmp_path / "optuna.journal", strategies=("none", "random_under"))
+    messages: list[str] = []
+
+    first = tune_xgb(split_data, config, log=messages.append)
+    second = tune_xgb(split_data, config, log=messages.append)
+
+    assert (first.n_trials_total, first.n_trials_this_run) == (3, 3)
+    assert (second.n_trials_total, second.n_trials_this_run) == (6, 3)
+    trials = load_trials(config)
+    assert [t.number for t in trials] == list(range(6))
+    # The rerun explores new points instead of replaying the first run's seeded samples.
+    assert trials[0].params != trials[3].params
+    assert {t.params["strategy"] for t in trials} <= {"none", "random_under"}
+    assert second.best_value >= first.best_value
+    assert sum(m.startswith("trial ") for m in messages) == 6
+
+
+def test_trials_are_pruned_and_each_is_a_nested_mlflow_run(
+    split_data: SplitData, mlflow_store: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(tmp_path / "optuna.journal", n_trials=10)
+    messages: list[str] = []
+    with mlflow.start_run(run_name="tuning") as parent:
+        result = tune_xgb(split_data, config, log=messages.append)
+
+    trials = load_trials(config)
+    states = [t.state for t in trials]
+    assert TrialState.PRUNED in states
+    assert result.n_pruned == states.count(TrialState.PRUNED) >= 1
+    assert result.n_complete == states.count(TrialState.COMPLETE)
+    assert result.n_pruned + result.n_complete == result.n_trials_this_run == 10
+    assert sum(m.startswith("trial ") for m in messages) == 10
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value)
+    assert (result.best_value, result.best_trial_number) == (best.value, best.number)
+    assert {"strategy", "target_ratio", "max_depth", "eta"} <= set(result.best_params)
+    assert load_best_params(config.study_name, config.storage) == result.best_params
+
+    runs = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
+    )
+    by_name = {run.info.run_name: run for run in runs}
+    assert set(by_name) == {f"trial-{t.number}" for t in trials}
+    for trial in trials:
+        run = by_name[f"trial-{trial.number}"]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["trial_state"] == trial.state.name.lower()
+        assert run.data.params["strategy"] == trial.params["strategy"]
+        if trial.state == TrialState.COMPLETE:
+            assert run.data.metrics["validation_pr_auc"] == pytest.approx(trial.value)
+            assert "best_iteration" in run.data.metrics
+
+    # Refitting the best parameters with the same budget reproduces the best trial's score.
+    booster = fit_with_params(
+        split_data,
+        result.best_params,
+        num_boost_round=config.num_boost_round,
+        early_stopping_rounds=config.early_stopping_rounds,
+    )
+    refit = average_precision_score(
+        split_data.y_validation, predict_proba(booster, split_data.X_validation)
+    )
+    assert refit == pytest.approx(result.best_value)
+
+
+def test_tuning_never_reads_the_test_split(
+    split_data: SplitData, mlflow_store: Path, tmp_path: Path
+) -> None:
+    poisoned = replace(split_data, X_test=Untouchable(), y_test=Untouchable(), keys_test=None)
+    clean_config = tiny_config(tmp_path / "clean.journal", n_trials=4)
+    poisoned_config = tiny_config(tmp_path / "poisoned.journal", n_trials=4)
+
+    tune_xgb(split_data, clean_config, log=lambda _: None)
+    tune_xgb(poisoned, poisoned_config, log=lambda _: None)
+
+    def outcome(config: TuningConfig) -> list[tuple]:
+        return [(t.params, t.value, t.state) for t in load_trials(config)]
+
+    assert outcome(poisoned_config) == outcome(clean_config)
