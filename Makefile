@@ -45,8 +45,7 @@ validate: $(MANIFEST)
 	dagster definitions validate -w workspace.yaml
 
 ui: $(MANIFEST)
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
-	dagster dev -w workspace.yaml --host 127.0.0.1
+	$(BIN)/python -m orchestration.ui
 
 bench: $(MANIFEST)
 	$(BIN)/python bench/feature_build.py
