@@ -12,7 +12,7 @@ from ml.data.synthetic import SyntheticConfig, generate_events
 class SyntheticEventsConfig(dg.Config):
     """The simulated shop: same seed, same events."""
 
-    n_users: int = 5_000
+    n_users: int = 20_000
     days: int = 30
     start_day: int = 0
     seed: int = 42

@@ -106,23 +106,30 @@ def test_full_pipeline_from_events_to_scores(project_home: Path) -> None:
     assert n_targets == 25 and n_with_drivers > 0
 
 
-def test_a_second_run_ingests_nothing_new(project_home: Path) -> None:
-    from orchestration.definitions import defs
+def test_materialize_ingestion_and_dbt_assets_then_reingest_nothing(project_home: Path) -> None:
+    from orchestration.defs import features, ingest
+    from orchestration.defs.resources import build_resources
 
-    job = defs().resolve_job_def("full_pipeline")
+    assets = [ingest.synthetic_event_files, ingest.raw_events, features.warehouse_dbt_models]
     run_config = {"ops": {"landing__synthetic_events": {"config": SMALL_SHOP}}}
-    selection = ["landing/synthetic_events", "raw/events"]
     with dg.instance_for_test() as instance:
-        for _ in range(2):
-            result = job.execute_in_process(
-                run_config=run_config,
-                instance=instance,
-                asset_selection=[dg.AssetKey.from_user_string(key) for key in selection],
-            )
-            assert result.success
+        first = dg.materialize(
+            assets, resources=build_resources(), run_config=run_config, instance=instance
+        )
+        assert first.success
+        warehouse = project_home / "warehouse.duckdb"
+        (n_raw, n_features) = query(
+            warehouse,
+            "select (select count(*) from raw.events), (select count(*) from marts.user_features)",
+        )[0]
+        assert n_raw > 0 and n_features > 0
+
+        second = dg.materialize(
+            assets[:2], resources=build_resources(), run_config=run_config, instance=instance
+        )
+        assert second.success
         raw = instance.get_latest_materialization_event(dg.AssetKey(["raw", "events"]))
         metadata = {k: v.value for k, v in raw.asset_materialization.metadata.items()}
     assert metadata["accepted"] == 0 and metadata["files_ingested"] == 0
     assert metadata["files_skipped"] > 0
-    (n_raw,) = query(project_home / "warehouse.duckdb", "select count(*) from raw.events")[0]
-    assert n_raw > 0
+    assert query(warehouse, "select count(*) from raw.events")[0][0] == n_raw
