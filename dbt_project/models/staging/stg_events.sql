@@ -3,16 +3,21 @@
   the raw layer. Events without a source session id get one from 30 minutes of inactivity; the
   derived id is the user plus the session's first event time, so appending later events never
   renames an earlier session.
+
+  Performance: both CTEs are NOT MATERIALIZED. They are read by the two branches of the union,
+  and DuckDB would otherwise materialize the whole cleaned event table (every row hashed and
+  copied once more) before filtering it; inlined, each branch streams from raw.events and the
+  filter on the session id is applied before the per-row work.
 -#}
 {%- set salt = env_var('PROPENSITY_PSEUDONYM_SALT', 'development-salt-not-secret') -%}
 
-with raw_events as (
+with raw_events as not materialized (
 
     select * from {{ source('raw', 'events') }}
 
 ),
 
-cleaned as (
+cleaned as not materialized (
 
     select
         event_time,
