@@ -47,11 +47,13 @@ def model_summary() -> list[str]:
         for key, value in run.data.metrics.items()
         if key.startswith("test_") and key.endswith("_pr_auc")
     }
+    newest = max(client.search_model_versions(f"name='{MODEL_NAME}'"), key=lambda v: int(v.version))
     lines = [
         f"  {MODEL_NAME}@{CHAMPION} = version {champion.version} "
-        f"({champion.tags.get('family', '?')}); last decision: "
-        f"{champion.tags.get('promotion_reason', 'n/a')}",
-        "  test PR-AUC: "
+        f"({champion.tags.get('family', '?')})",
+        f"  newest version {newest.version}: {newest.tags.get('promotion_decision', 'n/a')} "
+        f"({newest.tags.get('promotion_reason', 'n/a')})",
+        "  champion's test PR-AUC: "
         + ", ".join(
             f"{name} {value:.3f}"
             for name, value in sorted(test_pr_auc.items(), key=lambda kv: -kv[1])
