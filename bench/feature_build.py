@@ -377,8 +377,8 @@ def write_results(results: list[SizeResult], args: argparse.Namespace) -> None:
         f"duckdb {machine['versions']['duckdb']}, dbt-core {machine['versions']['dbt-core']}, "
         f"dbt-duckdb {machine['versions']['dbt-duckdb']}. Fastest of {args.repeat} run(s). "
         "Wall and CPU time of the dbt process, start-up included; peak = its maximum resident "
-        "memory; load = the 1-minute load average before the run (above ~0.5, other work "
-        "shared the machine).",
+        "memory; load = the 1-minute load average as the run started (it still counts the "
+        "previous run; well above 1, other work shared the machine: compare CPU s).",
         "",
         "| events | wall s | events/s | CPU s | peak GB | load | " + " | ".join(MARTS) + " rows |",
         "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(MARTS),
