@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -43,7 +42,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 import duckdb
@@ -51,6 +49,7 @@ import duckdb
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # so `ml` imports when run as a plain script
 
+from bench.machine import GIB, machine_info  # noqa: E402
 from ml.data.ingest import ingest_paths  # noqa: E402
 from ml.data.synthetic import SyntheticConfig, generate_events  # noqa: E402
 
@@ -59,7 +58,6 @@ DEFAULT_WORK_DIR = PROJECT_ROOT / ".local" / "bench"
 DEFAULT_RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 MARTS = ("cutoffs", "user_features", "labels", "user_sequences")
 CACHE_MARKER = "_generated.json"  # written last: a folder without it is incomplete
-GIB = 1024**3
 
 
 @dataclass
@@ -301,50 +299,8 @@ def bench_size(n_events: int, args: argparse.Namespace) -> SizeResult:
     return result
 
 
-def machine_info() -> dict:
-    """Cores, memory, CPU model and the versions that matter for the figures."""
-    cpu_model = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    ram_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 0
-
-    def version(package: str) -> str:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    def git(*git_args: str) -> str:
-        try:
-            out = subprocess.run(
-                ["git", *git_args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
-            )
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-        return out.stdout.strip()
-
-    return {
-        "cores": cores,
-        "ram_gb": round(ram_bytes / GIB, 1),
-        "cpu": cpu_model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {p: version(p) for p in ("duckdb", "dbt-core", "dbt-duckdb", "pyarrow")},
-        "git_commit": git("rev-parse", "--short", "HEAD"),
-        "git_dirty_models": bool(git("status", "--porcelain", "--", "dbt_project/models")),
-    }
-
-
 def write_results(results: list[SizeResult], args: argparse.Namespace) -> None:
-    machine = machine_info()
+    machine = machine_info(("duckdb", "dbt-core", "dbt-duckdb", "pyarrow"), "dbt_project/models")
     report = {
         "benchmark": "dbt run of all models (staging -> intermediate -> marts), no data tests",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -48,14 +48,11 @@ import argparse
 import gc
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +66,7 @@ from optuna.trial import FrozenTrial, TrialState
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # so `ml` imports when run as a plain script
 
+from bench.machine import machine_info  # noqa: E402
 from ml import settings  # noqa: E402
 from ml.dataset import KEY_COLUMNS, LABEL_COLUMN, load_labeled_features  # noqa: E402
 from ml.splits import SplitData, TimeSplit  # noqa: E402
@@ -76,7 +74,6 @@ from ml.tuning import TuningConfig, optuna_storage, tune_xgb  # noqa: E402
 from ml.xgb import to_dmatrix, train_xgb, xgb_device  # noqa: E402
 
 DEFAULT_RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
-GIB = 1024**3
 MILLION = 1_000_000
 # Share of the warehouse's (complete-horizon) rows, by latest cutoffs, that validation draws from.
 VALIDATION_SHARE = 0.2
@@ -564,56 +561,16 @@ def bench_tuning(data: SplitData, args: argparse.Namespace, work_dir: Path) -> l
 # ----------------------------------------------------------------------------- report
 
 
-def machine_info() -> dict:
-    """Cores, memory, CPU model and the versions that matter for the figures."""
-    cpu_model = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    ram_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 0
-
-    def version(package: str) -> str:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    def git(*git_args: str) -> str:
-        try:
-            out = subprocess.run(
-                ["git", *git_args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
-            )
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-        return out.stdout.strip()
-
-    packages = (
-        "xgboost",
-        "optuna",
-        "optuna-integration",
-        "mlflow",
-        "numpy",
-        "pandas",
-        "scikit-learn",
-        "imbalanced-learn",
-    )
-    return {
-        "cores": cores,
-        "ram_gb": round(ram_bytes / GIB, 1),
-        "cpu": cpu_model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {p: version(p) for p in packages},
-        "git_commit": git("rev-parse", "--short", "HEAD"),
-        "git_dirty_ml": bool(git("status", "--porcelain", "--", "ml")),
-    }
+MEASURED_PACKAGES = (
+    "xgboost",
+    "optuna",
+    "optuna-integration",
+    "mlflow",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "imbalanced-learn",
+)
 
 
 def write_results(
@@ -623,7 +580,7 @@ def write_results(
     tuning: list[dict[str, Any]],
     args: argparse.Namespace,
 ) -> None:
-    machine = machine_info()
+    machine = machine_info(MEASURED_PACKAGES, "ml")
     report = {
         "benchmark": "XGBoost fit time (ml.xgb.train_xgb) and Optuna tuning (ml.tuning.tune_xgb)",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
