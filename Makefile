@@ -8,6 +8,9 @@ export PATH := $(BIN):$(PATH)
 export DAGSTER_HOME ?= $(CURDIR)/.local/dagster
 
 INSTALLED := $(VENV)/.installed
+# Where a local torch CPU wheel is kept (these machines: /opt/wheels); uv only looks there if told.
+WHEELS ?= /opt/wheels
+FIND_LINKS := $(if $(wildcard $(WHEELS)/*.whl),--find-links $(WHEELS))
 MANIFEST := dbt_project/target/manifest.json
 DBT_SOURCES := $(shell find dbt_project -path dbt_project/target -prune -o -type f \( -name '*.sql' -o -name '*.yml' -o -name '*.csv' \) -print)
 
@@ -16,7 +19,7 @@ DBT_SOURCES := $(shell find dbt_project -path dbt_project/target -prune -o -type
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv==0.13.8
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python $(FIND_LINKS) -e ".[dev]"
 	touch $@
 
 # dbt's manifest is prepared here, never committed and never parsed at import.

@@ -18,6 +18,9 @@ import pandas as pd
 
 KEY_COLUMNS = ("user_id", "cutoff_time")
 LABEL_COLUMN = "purchased"
+# The list columns of marts.user_sequences a sequence model reads (oldest event first). Each
+# cell is a 1-D numpy array; a row without a sequence gets empty arrays.
+SEQUENCE_COLUMNS = ("event_type_codes", "category_indexes", "prices", "seconds_before_cutoff")
 
 
 @dataclass(frozen=True)
@@ -26,8 +29,8 @@ class LabeledFeatures:
 
     `frame` holds the keys, the feature columns (float64, NaN for NULL), `purchased` (int 0/1)
     and `horizon_complete` (bool; rows whose label window is not over yet must not be used for
-    training or evaluation). `feature_columns` lists every `user_features` column except the
-    keys, in table order.
+    training or evaluation), plus the SEQUENCE_COLUMNS when loaded with sequences.
+    `feature_columns` lists every `user_features` column except the keys, in table order.
     """
 
     frame: pd.DataFrame
@@ -62,48 +65,80 @@ def _features_select(feature_columns: list[str], table_alias: str) -> str:
     )
 
 
-def load_labeled_features(warehouse: Path) -> LabeledFeatures:
-    """Features inner-joined to labels, ordered by cutoff then user so results are reproducible."""
+def _sequences_select(with_sequences: bool) -> tuple[str, str]:
+    """Select list and join for the sequence columns, or nothing.
+
+    Left join: a user_features row always has events in its lookback, so it should have a
+    sequence; if one is ever missing the row keeps empty lists rather than disappearing.
+    """
+    if not with_sequences:
+        return "", ""
+    columns = "".join(f",\n coalesce(s.{column}, []) as {column}" for column in SEQUENCE_COLUMNS)
+    return columns, "left join marts.user_sequences as s using (user_id, cutoff_time)"
+
+
+def _to_frame(relation: duckdb.DuckDBPyRelation) -> pd.DataFrame:
+    """Through Arrow: list columns become numpy arrays per cell, far faster than `.df()`."""
+    return relation.to_arrow_table().to_pandas()
+
+
+def load_labeled_features(warehouse: Path, with_sequences: bool = False) -> LabeledFeatures:
+    """Features inner-joined to labels, ordered by cutoff then user so results are reproducible.
+
+    `with_sequences` adds the SEQUENCE_COLUMNS of marts.user_sequences for the same rows.
+    """
+    sequence_columns, sequence_join = _sequences_select(with_sequences)
     with _connect(warehouse) as con:
         feature_columns = _feature_columns(con)
-        frame = con.sql(
-            f"""
-            select
-                f.user_id,
-                f.cutoff_time,
-                {_features_select(feature_columns, "f")},
-                cast(l.purchased as integer) as purchased,
-                l.horizon_complete
-            from marts.user_features as f
-            inner join marts.labels as l using (user_id, cutoff_time)
-            order by f.cutoff_time, f.user_id
-            """
-        ).df()
+        frame = _to_frame(
+            con.sql(
+                f"""
+                select
+                    f.user_id,
+                    f.cutoff_time,
+                    {_features_select(feature_columns, "f")},
+                    cast(l.purchased as integer) as purchased,
+                    l.horizon_complete
+                    {sequence_columns}
+                from marts.user_features as f
+                inner join marts.labels as l using (user_id, cutoff_time)
+                {sequence_join}
+                order by f.cutoff_time, f.user_id
+                """
+            )
+        )
     frame[LABEL_COLUMN] = frame[LABEL_COLUMN].astype("int64")
     frame["horizon_complete"] = frame["horizon_complete"].astype(bool)
     return LabeledFeatures(frame=frame, feature_columns=feature_columns)
 
 
 def load_scoring_frame(warehouse: Path) -> tuple[pd.DataFrame, datetime]:
-    """Keys and features of the latest cutoff (`marts.cutoffs.is_latest`), and that cutoff.
+    """Keys, features and sequences of the latest cutoff (`marts.cutoffs.is_latest`), and that
+    cutoff. These are the users to score now: their label window has not even started.
 
-    These are the users to score now: their label window has not even started.
+    The sequences come along so that whichever family is champion finds its inputs.
     """
+    sequence_columns, sequence_join = _sequences_select(True)
     with _connect(warehouse) as con:
         latest = con.sql("select cutoff_time from marts.cutoffs where is_latest").fetchall()
         if len(latest) != 1:
             raise ValueError(f"Expected one latest cutoff in marts.cutoffs, found {len(latest)}.")
         cutoff: datetime = latest[0][0]
         feature_columns = _feature_columns(con)
-        frame = con.sql(
-            f"""
-            select f.user_id, f.cutoff_time, {_features_select(feature_columns, "f")}
-            from marts.user_features as f
-            where f.cutoff_time = $cutoff
-            order by f.user_id
-            """,
-            params={"cutoff": cutoff},
-        ).df()
+        frame = _to_frame(
+            con.sql(
+                f"""
+                select
+                    f.user_id, f.cutoff_time, {_features_select(feature_columns, "f")}
+                    {sequence_columns}
+                from marts.user_features as f
+                {sequence_join}
+                where f.cutoff_time = $cutoff
+                order by f.user_id
+                """,
+                params={"cutoff": cutoff},
+            )
+        )
     return frame, cutoff
 
 

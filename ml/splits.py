@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from ml.dataset import KEY_COLUMNS, LABEL_COLUMN, LabeledFeatures
+from ml.dataset import KEY_COLUMNS, LABEL_COLUMN, SEQUENCE_COLUMNS, LabeledFeatures
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,12 @@ def _too_few_cutoffs_message(times: list[datetime], horizon: timedelta, n_comple
 
 @dataclass(frozen=True)
 class SplitData:
-    """Model inputs per split. X frames hold exactly `feature_columns`; y arrays are int 0/1."""
+    """Model inputs per split. X frames hold exactly `feature_columns`; y arrays are int 0/1.
+
+    `sequences_*` hold the SEQUENCE_COLUMNS row for row with X when the features were loaded
+    with sequences, else None. `model_input` joins the two: the frame every registered model
+    family's `predict` accepts.
+    """
 
     X_train: pd.DataFrame
     y_train: np.ndarray
@@ -120,6 +125,17 @@ class SplitData:
     keys_test: pd.DataFrame
     feature_columns: list[str]
     split: TimeSplit
+    sequences_train: pd.DataFrame | None = None
+    sequences_validation: pd.DataFrame | None = None
+    sequences_test: pd.DataFrame | None = None
+
+    def model_input(self, name: str) -> pd.DataFrame:
+        """Features and, when loaded, sequences of split `name` ("train", "validation", "test")."""
+        if name not in ("train", "validation", "test"):
+            raise ValueError(f"Unknown split {name!r}; use train, validation or test")
+        features = getattr(self, f"X_{name}")
+        sequences = getattr(self, f"sequences_{name}")
+        return features if sequences is None else pd.concat([features, sequences], axis=1)
 
     def row_counts(self) -> dict[str, int]:
         """Rows and positives per split, for lineage (MLflow params, Dagster metadata)."""
@@ -151,6 +167,11 @@ def split_by_time(data: LabeledFeatures, split: TimeSplit) -> SplitData:
     validation = rows_at([split.validation_cutoff], "validation")
     test = rows_at([split.test_cutoff], "test")
     columns = list(data.feature_columns)
+    has_sequences = all(column in frame.columns for column in SEQUENCE_COLUMNS)
+
+    def sequences(rows: pd.DataFrame) -> pd.DataFrame | None:
+        return rows[list(SEQUENCE_COLUMNS)] if has_sequences else None
+
     return SplitData(
         X_train=train[columns],
         y_train=train[LABEL_COLUMN].to_numpy(dtype=np.int64),
@@ -161,4 +182,7 @@ def split_by_time(data: LabeledFeatures, split: TimeSplit) -> SplitData:
         keys_test=test[list(KEY_COLUMNS)],
         feature_columns=columns,
         split=split,
+        sequences_train=sequences(train),
+        sequences_validation=sequences(validation),
+        sequences_test=sequences(test),
     )
