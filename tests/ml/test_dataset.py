@@ -17,6 +17,7 @@ from ml.data.synthetic import SyntheticConfig, generate_events
 from ml.dataset import (
     KEY_COLUMNS,
     LABEL_COLUMN,
+    SEQUENCE_COLUMNS,
     load_cutoffs,
     load_labeled_features,
     load_scoring_frame,
@@ -36,7 +37,7 @@ def build_small_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
         warehouse = root / "warehouse.duckdb"
         generate_events(root / "landing", SMALL_SHOP)
         ingest_paths(warehouse, [root / "landing"], "synthetic")
-        run_dbt(warehouse, "run", SMALL_DBT_VARS, select="+user_features +labels")
+        run_dbt(warehouse, "run", SMALL_DBT_VARS, select="+user_features +labels +user_sequences")
         _built["small"] = warehouse
     return _built["small"]
 
@@ -96,8 +97,25 @@ def test_scoring_frame_is_the_latest_cutoff(warehouse: Path) -> None:
     assert len(frame) == n_rows > 0
     assert (frame["cutoff_time"] == cutoff).all()
     features = [c for c in table_columns(warehouse, "user_features") if c not in KEY_COLUMNS]
-    assert list(frame.columns) == [*KEY_COLUMNS, *features]
+    assert list(frame.columns) == [*KEY_COLUMNS, *features, *SEQUENCE_COLUMNS]
     assert LABEL_COLUMN not in frame.columns
+
+
+def test_sequences_come_row_for_row_with_the_features(warehouse: Path) -> None:
+    frame = load_labeled_features(warehouse, with_sequences=True).frame
+    plain = load_labeled_features(warehouse).frame
+
+    assert len(frame) == len(plain)
+    assert frame[list(KEY_COLUMNS)].equals(plain[list(KEY_COLUMNS)])
+    assert (frame["event_type_codes"].map(len) > 0).all()
+    row = frame.iloc[len(frame) // 2]
+    ((codes, seconds),) = query(
+        warehouse,
+        "select event_type_codes, seconds_before_cutoff from marts.user_sequences "
+        f"where user_id = {row['user_id']} and cutoff_time = '{row['cutoff_time']}'",
+    )
+    assert list(row["event_type_codes"]) == codes
+    assert list(row["seconds_before_cutoff"]) == seconds
 
 
 def test_cutoffs_come_ordered_by_time(warehouse: Path) -> None:
