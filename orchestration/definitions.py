@@ -1,7 +1,8 @@
-"""The one Dagster code location: every asset, check, job and resource of the project.
+"""The one Dagster code location: every asset, check, job, schedule, sensor and resource.
 
 Loaded lazily: the stage modules in orchestration/defs/ (listed in the order the data moves)
 are imported only when Dagster asks for the definitions, so importing this module reads no file.
+Environment settings (schedule timezone, automation on or off) are read here, at load time.
 """
 
 import dagster as dg
@@ -9,8 +10,9 @@ import dagster as dg
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    from orchestration.defs import features, ingest, jobs, scoring, training
+    from orchestration.defs import checks, features, ingest, jobs, scoring, sensors, training
     from orchestration.defs.resources import build_resources
+    from orchestration.defs.schedules import build_nightly_schedule
 
     return dg.Definitions(
         assets=[
@@ -20,9 +22,14 @@ def defs() -> dg.Definitions:
             training.xgb_study,
             training.resampled_train,
             training.xgb_model,
+            training.seq_study,
+            training.seq_model,
             training.champion,
             scoring.propensity_scores,
         ],
-        jobs=[jobs.full_pipeline],
+        asset_checks=checks.ASSET_CHECKS,
+        jobs=[jobs.full_pipeline, jobs.nightly_retraining, jobs.ingest_landing, jobs.backfill_days],
+        schedules=[build_nightly_schedule()],
+        sensors=[sensors.build_landing_sensor()],
         resources=build_resources(),
     )

@@ -35,3 +35,15 @@
 {%- endmacro %}
 
 {% macro step_micros() -%}{{ (step_seconds() | int) * 1000000 }}{%- endmacro %}
+
+{#-
+  The run's cutoff ("as of"): var('as_of'), an ISO timestamp in UTC such as '2025-10-01 00:00:00',
+  rounded down to the cutoff grid. Events at or after it are left out (stg_events), and it is the
+  latest cutoff (marts.cutoffs), so a nightly run scores exactly the day it was asked for even when
+  later events have already arrived. Empty (the default): the first cutoff after the last event.
+-#}
+{% macro has_as_of() -%}{{ return((var('as_of', '') | string | trim) != '') }}{%- endmacro %}
+
+{% macro as_of_index() -%}
+    (epoch_us(timestamp '{{ var("as_of") | string | trim }}') // {{ step_micros() }})::bigint
+{%- endmacro %}

@@ -9,16 +9,23 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
 from ml import settings
+from orchestration.defs.resources import WAREHOUSE_POOL
 from orchestration.project import dbt_project
 
 
 class FeatureWindowConfig(dg.Config):
-    """dbt vars, settable from the Launchpad. Intervals read like '30 days' or '2 hours'."""
+    """dbt vars, settable from the Launchpad. Intervals read like '30 days' or '2 hours'.
+
+    as_of: the run's cutoff in UTC ('2025-10-01 00:00:00'); events at or after it wait for a
+    later run and it becomes the latest (scoring) cutoff. Empty: the first cutoff after the last
+    event. The nightly schedule sets it to the new day.
+    """
 
     cutoff_step: str = "1 day"
     lookback: str = "30 days"
     horizon: str = "7 days"
     sequence_length: int = 50
+    as_of: str = ""
 
 
 class FeatureTranslator(DagsterDbtTranslator):
@@ -26,7 +33,11 @@ class FeatureTranslator(DagsterDbtTranslator):
         return "features"
 
 
-@dbt_assets(manifest=dbt_project.manifest_path, dagster_dbt_translator=FeatureTranslator())
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    dagster_dbt_translator=FeatureTranslator(),
+    pool=WAREHOUSE_POOL,  # dbt writes the warehouse: one writer per DuckDB file
+)
 def warehouse_dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, config: FeatureWindowConfig
 ) -> Iterator[Any]:

@@ -1,5 +1,7 @@
 """Ingestion: event files (the synthetic demo shop or a real export) into raw.events."""
 
+import json
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -7,6 +9,38 @@ import dagster as dg
 from ml import settings
 from ml.data.ingest import SOURCES, ingest_paths
 from ml.data.synthetic import SyntheticConfig, generate_events
+from orchestration.defs.resources import WAREHOUSE_POOL
+
+# Written beside the demo shop's files, so that the nightly demo and a backfill simulate more
+# days of the same shop (same users, same seed) without being told again. Not a *.parquet, so
+# neither ingestion nor the landing sensor reads it.
+SHOP_FILE = "shop.json"
+
+
+def read_shop(folder: Path) -> dict | None:
+    """The demo shop's identity and the last simulated day, or None before the first run."""
+    path = folder / SHOP_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def record_shop(folder: Path, config: SyntheticConfig) -> dict:
+    """Remembers the shop and extends its last simulated day (end_day) to cover `config`."""
+    before = read_shop(folder) or {}
+    same_shop = before.get("n_users") == config.n_users and before.get("seed") == config.seed
+    shop = {
+        "n_users": config.n_users,
+        "seed": config.seed,
+        "start": config.start.isoformat(),
+        "end_day": max(config.end_day, before.get("end_day", 0) if same_shop else 0),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SHOP_FILE).write_text(json.dumps(shop, indent=1))
+    return shop
+
+
+def shop_day(shop: dict, day: int) -> date:
+    """The calendar date of a day index of the simulated shop."""
+    return date.fromordinal(date.fromisoformat(shop["start"]).toordinal() + day)
 
 
 class SyntheticEventsConfig(dg.Config):
@@ -34,12 +68,11 @@ def synthetic_event_files(
     context: dg.AssetExecutionContext, config: SyntheticEventsConfig
 ) -> dg.MaterializeResult:
     out_dir = settings.landing_dir() / "synthetic"
-    summary = generate_events(
-        out_dir,
-        SyntheticConfig(
-            n_users=config.n_users, days=config.days, start_day=config.start_day, seed=config.seed
-        ),
+    shop_config = SyntheticConfig(
+        n_users=config.n_users, days=config.days, start_day=config.start_day, seed=config.seed
     )
+    summary = generate_events(out_dir, shop_config)
+    record_shop(out_dir, shop_config)
     context.log.info(f"Generated {summary.n_events:,} events in {len(summary.files)} files")
     return dg.MaterializeResult(
         metadata={
@@ -57,6 +90,7 @@ def synthetic_event_files(
     key=["raw", "events"],
     group_name="ingest",
     deps=[synthetic_event_files],
+    pool=WAREHOUSE_POOL,  # one writer per DuckDB file
     description=(
         "Validated events in the canonical schema. Rejected rows go to raw.quarantine with a "
         "reason; exact duplicates are dropped; read = accepted + quarantined + duplicates."

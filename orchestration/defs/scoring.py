@@ -5,6 +5,7 @@ import dagster as dg
 
 from ml import settings
 from ml.scoring import score_latest_cutoff
+from orchestration.defs.resources import WAREHOUSE_POOL
 from orchestration.defs.training import champion
 
 
@@ -28,7 +29,8 @@ class ScoringConfig(dg.Config):
             deps=[champion],
             description="The top-k users with the three features that raised their score most.",
         ),
-    ]
+    ],
+    pool=WAREHOUSE_POOL,  # writes the predictions schema of the warehouse
 )
 def propensity_scores(context: dg.AssetExecutionContext, config: ScoringConfig):
     summary = score_latest_cutoff(

@@ -37,12 +37,61 @@ def synthetic_rows(n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, np.n
     return X, y
 
 
-def make_split_data(seed: int = 0, n_train: int = 2000, n_eval: int = 800) -> SplitData:
-    """SplitData shaped like `ml.splits.split_by_time` returns, without a warehouse."""
+def synthetic_sequences(y: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    """SEQUENCE_COLUMNS shaped like marts.user_sequences (oldest first, 0 to 30 events, some
+    empty, some prices NaN) with a signal only the order of events shows: most buyers' last two
+    events are "removed, then carted (within the hour)", many non-buyers' are "carted, then
+    removed". The static features of `synthetic_rows` know nothing of it."""
+    n = len(y)
+    buyer = np.asarray(y) == 1
+    lengths = rng.integers(0, 31, n)
+    lengths[buyer] = np.maximum(lengths[buyer], 2)
+    total = int(lengths.sum())
+    ends = np.cumsum(lengths)
+    codes = rng.choice([1, 2, 3, 4, 5], size=total, p=[0.72, 0.14, 0.06, 0.03, 0.05])
+    categories = np.where(rng.random(total) < 0.1, 0, rng.integers(1, 400, total))
+    prices = np.where(rng.random(total) < 0.05, np.nan, rng.lognormal(3.0, 1.0, total))
+    # Seconds before the cutoff fall from the oldest event to the newest within each row.
+    gaps = rng.exponential(20_000.0, total)
+    newest = rng.exponential(40_000.0, n)
+    after = np.cumsum(gaps[::-1])[::-1]  # sum of the gaps from each event to the very end
+    row_of = np.repeat(np.arange(n), lengths)
+    seconds = after - np.concatenate([[0.0], after])[ends][row_of] + newest[row_of]
+    signal = buyer & (rng.random(n) < 0.8)
+    decoy = ~buyer & (lengths >= 2) & (rng.random(n) < 0.3)
+    last, before_last = ends - 1, ends - 2
+    codes[last[signal]], codes[before_last[signal]] = 2, 3
+    codes[last[decoy]], codes[before_last[decoy]] = 3, 2
+    within_the_hour = rng.uniform(60, 3_600, int(signal.sum()))
+    seconds[last[signal]] = np.minimum(within_the_hour, seconds[before_last[signal]])
+    split_at = ends[:-1]
+    return pd.DataFrame(
+        {
+            "event_type_codes": np.split(codes.astype(np.uint8), split_at),
+            "category_indexes": np.split(categories.astype(np.int32), split_at),
+            "prices": np.split(prices, split_at),
+            "seconds_before_cutoff": np.split(seconds, split_at),
+        }
+    )
+
+
+def make_split_data(
+    seed: int = 0, n_train: int = 2000, n_eval: int = 800, with_sequences: bool = False
+) -> SplitData:
+    """SplitData shaped like `ml.splits.split_by_time` returns, without a warehouse.
+
+    `with_sequences` adds `synthetic_sequences` for every split (the features and labels stay
+    the same as without).
+    """
     rng = np.random.default_rng(seed)
     X_train, y_train = synthetic_rows(n_train, rng)
     X_validation, y_validation = synthetic_rows(n_eval, rng)
     X_test, y_test = synthetic_rows(n_eval, rng)
+    sequences: dict[str, pd.DataFrame | None] = dict.fromkeys(("train", "validation", "test"))
+    if with_sequences:
+        sequence_rng = np.random.default_rng(seed + 1_000)
+        for name, y in (("train", y_train), ("validation", y_validation), ("test", y_test)):
+            sequences[name] = synthetic_sequences(y, sequence_rng)
     start = datetime(2025, 9, 1)
     split = TimeSplit(
         train_cutoffs=tuple(start + timedelta(days=d) for d in range(5)),
@@ -61,12 +110,34 @@ def make_split_data(seed: int = 0, n_train: int = 2000, n_eval: int = 800) -> Sp
         keys_test=keys_test,
         feature_columns=list(FEATURES),
         split=split,
+        sequences_train=sequences["train"],
+        sequences_validation=sequences["validation"],
+        sequences_test=sequences["test"],
     )
 
 
 @pytest.fixture(scope="session")
 def split_data() -> SplitData:
     return make_split_data()
+
+
+@pytest.fixture(scope="session")
+def sequence_split_data() -> SplitData:
+    """`make_split_data` with event sequences, for the sequence-model tests."""
+    return make_split_data(with_sequences=True)
+
+
+@pytest.fixture(scope="module")
+def single_thread_torch() -> Iterator[None]:
+    """One torch thread for a test module, restored afterwards. On these tiny batches a second
+    thread gains nothing, and when other processes share the 2 cores, OpenMP threads waiting
+    for a descheduled partner made a training step about 25x slower (measured)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

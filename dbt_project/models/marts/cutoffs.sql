@@ -1,7 +1,8 @@
 {#-
   One row per cutoff: every multiple of cutoff_step from the first one after the first event to
-  the first one after the last event (the scoring cutoff). Data is taken to be complete up to
-  that last cutoff, so a label window is complete when it ends at or before it.
+  the first one after the last event (the scoring cutoff), or to var('as_of') when a run sets it
+  (the nightly schedule does). Data is taken to be complete up to that last cutoff, so a label
+  window is complete when it ends at or before it.
 -#}
 
 with event_span as (
@@ -13,7 +14,12 @@ with event_span as (
 
 cutoff_indexes as (
 
-    select unnest(range(first_bucket + 1, last_bucket + 2)) as cutoff_index, first_bucket
+    select
+        unnest(range(
+            first_bucket + 1,
+            {% if has_as_of() %}{{ as_of_index() }} + 1{% else %}last_bucket + 2{% endif %}
+        )) as cutoff_index,
+        first_bucket
     from event_span
 
 )

@@ -14,6 +14,10 @@
 with raw_events as not materialized (
 
     select * from {{ source('raw', 'events') }}
+    {%- if has_as_of() %}
+    -- As of the run's cutoff: later events wait for a later run (see macros/time_grid.sql).
+    where event_time < make_timestamp({{ as_of_index() }} * {{ step_micros() }})
+    {%- endif %}
 
 ),
 

@@ -1,0 +1,10 @@
+{% test ends_at_as_of(model, column_name) %}
+{#- With var('as_of') set, the latest cutoff is that cutoff (the one the run was asked for). -#}
+select max({{ column_name }}) as latest_cutoff
+from {{ model }}
+having {% if has_as_of() -%}
+    max({{ column_name }}) is distinct from make_timestamp({{ as_of_index() }} * {{ step_micros() }})
+{%- else -%}
+    false
+{%- endif %}
+{% endtest %}

@@ -1,0 +1,215 @@
+"""Optuna search over the sequence model's architecture and training settings.
+
+The twin of `ml.tuning` (XGBoost): the same storage helper (a journal file or an RDB URL, so a
+rerun continues the study), one nested MLflow run per trial under the active run, a seeded TPE
+sampler, a median pruner, and validation PR-AUC as the objective. Every epoch a trial reports its
+validation PR-AUC (`trial.report`) and asks `trial.should_prune`, so weak architectures stop after
+an epoch or two. The test split is never read.
+
+Every trial trains with the fixed `TRAINING_SEED`, so retraining the best parameters
+(`load_best_seq_params`) on the same device reproduces the best trial's model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import mlflow
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ml import settings
+from ml.seq_model import ENCODERS, SeqParams, torch_device, train_sequence_model
+from ml.splits import SplitData
+from ml.tuning import TuningResult, optuna_storage
+
+TRAINING_SEED = 0
+# The user attribute holding a trial's complete SeqParams (searched and fixed values).
+PARAMS_ATTR = "seq_params"
+
+
+@dataclass
+class SeqTuningConfig:
+    """Budget, identity and search space of a sequence-model study.
+
+    `storage` empty means `ml.settings.optuna_storage()`, read when tuning starts. `seed` seeds
+    the sampler only (offset by the trials already in the study). The search space: `encoders`,
+    `hidden_sizes`, 1..`max_layers` layers, dropout 0..0.4, learning rate 1e-4..1e-2 and weight
+    decay 1e-6..1e-2 (log scale), `batch_sizes`, `max_lengths`, and the loss weighting's
+    target_ratio 0.1..1. `max_epochs`, `patience`, `category_buckets` and `max_train_rows` (see
+    SeqParams) are fixed per study.
+    The median pruner compares a trial with the median of earlier trials at the same epoch once
+    `pruner_startup_trials` trials are complete, from epoch `pruner_warmup_epochs` on.
+    """
+
+    n_trials: int = 20
+    timeout_s: float = 1800
+    seed: int = 42
+    study_name: str = "purchase-propensity-torch-seq"
+    storage: str = ""
+    pruning: bool = True
+    max_epochs: int = 15
+    patience: int = 3
+    category_buckets: int = 1024
+    max_train_rows: int = 0
+    encoders: Sequence[str] = ENCODERS
+    hidden_sizes: Sequence[int] = (32, 64, 128)
+    max_layers: int = 3
+    batch_sizes: Sequence[int] = (256, 512, 1024, 2048)
+    max_lengths: Sequence[int] = (10, 20, 30, 50)
+    pruner_startup_trials: int = 3
+    pruner_warmup_epochs: int = 1
+
+
+def suggest_seq_params(trial: optuna.Trial, config: SeqTuningConfig) -> SeqParams:
+    """One point of the search space, as a complete SeqParams."""
+    return SeqParams(
+        encoder=trial.suggest_categorical("encoder", list(config.encoders)),
+        hidden_size=trial.suggest_categorical("hidden_size", list(config.hidden_sizes)),
+        num_layers=trial.suggest_int("num_layers", 1, config.max_layers),
+        dropout=trial.suggest_float("dropout", 0.0, 0.4),
+        learning_rate=trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True),
+        weight_decay=trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        batch_size=trial.suggest_categorical("batch_size", list(config.batch_sizes)),
+        max_length=trial.suggest_categorical("max_length", list(config.max_lengths)),
+        target_ratio=trial.suggest_float("target_ratio", 0.1, 1.0),
+        category_buckets=config.category_buckets,
+        max_train_rows=config.max_train_rows,
+        max_epochs=config.max_epochs,
+        patience=config.patience,
+    )
+
+
+def tune_sequence_model(
+    data: SplitData, config: SeqTuningConfig, log: Callable[[str], None] = print
+) -> TuningResult:
+    """Runs `config.n_trials` more trials (or until `config.timeout_s`) of the named study.
+
+    Returns `ml.tuning.TuningResult`: best_params is the best trial's complete SeqParams as a
+    dict, best_iteration its best epoch. `log` gets one line per trial.
+    """
+    device = torch_device()
+    study = optuna.create_study(
+        storage=optuna_storage(config.storage or settings.optuna_storage()),
+        study_name=config.study_name,
+        direction="maximize",
+        load_if_exists=True,
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=config.pruner_startup_trials,
+            n_warmup_steps=config.pruner_warmup_epochs,
+        ),
+    )
+    n_before = len(study.trials)
+    # Offset by the trials already run, so a rerun does not replay the first run's samples.
+    study.sampler = optuna.samplers.TPESampler(seed=config.seed + n_before)
+    log(
+        f"Study {config.study_name!r}: {n_before} earlier trials; running up to "
+        f"{config.n_trials} more (timeout {config.timeout_s:g}s) on {device}"
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest_seq_params(trial, config)
+        trial.set_user_attr(PARAMS_ATTR, params.to_dict())
+
+        def on_epoch(epoch: int, value: float) -> None:
+            mlflow.log_metric("validation_pr_auc", value, step=epoch)
+            if config.pruning:
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch} (PR-AUC {value:.4f})")
+
+        with mlflow.start_run(nested=True, run_name=f"trial-{trial.number}"):
+            mlflow.log_params(params.to_dict())
+            mlflow.set_tags(
+                {
+                    "optuna_study": config.study_name,
+                    "optuna_trial": trial.number,
+                    "device": str(device),
+                }
+            )
+            try:
+                trained = train_sequence_model(
+                    data, params, seed=TRAINING_SEED, device=device, on_epoch=on_epoch
+                )
+            except optuna.TrialPruned as pruned:
+                # Caught so that the MLflow run ends as finished rather than failed.
+                mlflow.set_tags({"trial_state": "pruned", "pruned_reason": str(pruned)})
+                pruned_reason = str(pruned)
+            else:
+                trial.set_user_attr("best_epoch", trained.best_epoch)
+                mlflow.set_tag("trial_state", "complete")
+                mlflow.log_metrics(
+                    {
+                        "best_validation_pr_auc": trained.best_validation_pr_auc,
+                        "best_epoch": trained.best_epoch,
+                        "epochs_trained": trained.epochs_trained,
+                        "train_seconds": trained.seconds,
+                    }
+                )
+                return trained.best_validation_pr_auc
+        # Only a pruned trial gets here; Optuna records it as pruned when this is raised.
+        raise optuna.TrialPruned(pruned_reason)
+
+    run_here: list[int] = []
+
+    def log_progress(study: optuna.Study, trial: FrozenTrial) -> None:
+        run_here.append(trial.number)
+        if trial.state == TrialState.COMPLETE:
+            outcome = f"validation PR-AUC {trial.value:.4f}"
+        elif trial.state == TrialState.PRUNED:
+            outcome = f"pruned at epoch {trial.last_step}"
+        else:
+            outcome = trial.state.name.lower()
+        best = _best_trial(study)
+        best_text = f"best {best.value:.4f} (trial {best.number})" if best else "no best yet"
+        log(
+            f"trial {trial.number} ({len(run_here)}/{config.n_trials} this run): "
+            f"{trial.params.get('encoder')} h{trial.params.get('hidden_size')} -> {outcome}; "
+            f"{best_text}"
+        )
+
+    study.optimize(
+        objective, n_trials=config.n_trials, timeout=config.timeout_s, callbacks=[log_progress]
+    )
+
+    best = _best_trial(study)
+    if best is None:
+        raise RuntimeError(
+            f"Study {config.study_name!r} has no complete trial; raise n_trials or timeout_s"
+        )
+    this_run = [t for t in study.trials if t.number in run_here]
+    return TuningResult(
+        best_params=params_of(best).to_dict(),
+        best_value=float(best.value),
+        best_trial_number=best.number,
+        best_iteration=best.user_attrs.get("best_epoch"),
+        study_name=config.study_name,
+        n_trials_total=len(study.trials),
+        n_trials_this_run=len(this_run),
+        n_pruned=sum(t.state == TrialState.PRUNED for t in this_run),
+        n_complete=sum(t.state == TrialState.COMPLETE for t in this_run),
+    )
+
+
+def load_best_seq_params(study_name: str, storage: str = "") -> SeqParams:
+    """The best complete trial's SeqParams, ready for `train_sequence_model` (seed
+    TRAINING_SEED reproduces the trial). Empty storage means the project default."""
+    study = optuna.load_study(
+        study_name=study_name, storage=optuna_storage(storage or settings.optuna_storage())
+    )
+    best = _best_trial(study)
+    if best is None:
+        raise ValueError(f"Study {study_name!r} has no complete trial yet; tune first")
+    return params_of(best)
+
+
+def params_of(trial: FrozenTrial) -> SeqParams:
+    """A trial's complete SeqParams (stored as a user attribute when the trial started)."""
+    return SeqParams.from_dict(trial.user_attrs[PARAMS_ATTR])
+
+
+def _best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best complete trial, or None (study.best_trial raises when there is none)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(complete, key=lambda t: t.value) if complete else None

@@ -1,0 +1,119 @@
+"""Tuning the sequence model on a real Optuna journal and a real MLflow store, on the CPU."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from ml.seq_model import train_sequence_model
+from ml.seq_tuning import TRAINING_SEED, SeqTuningConfig, load_best_seq_params, tune_sequence_model
+from ml.splits import SplitData
+from ml.tuning import optuna_storage
+from tests.ml.conftest import make_split_data
+from tests.ml.test_tuning import Untouchable
+
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def data() -> SplitData:
+    return make_split_data(seed=2, n_train=500, n_eval=300, with_sequences=True)
+
+
+@pytest.fixture(autouse=True)
+def on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROPENSITY_TORCH_DEVICE", "cpu")
+
+
+def tiny_config(storage: Path, **changes) -> SeqTuningConfig:
+    """A small search space and budget: seconds per trial on one CPU thread."""
+    config = SeqTuningConfig(
+        n_trials=3,
+        timeout_s=300,
+        storage=str(storage),
+        max_epochs=4,
+        patience=4,
+        category_buckets=64,
+        hidden_sizes=(8, 16),
+        max_layers=2,
+        batch_sizes=(64, 128),
+        max_lengths=(10, 20),
+        pruner_startup_trials=2,
+        pruner_warmup_epochs=0,
+    )
+    return replace(config, **changes)
+
+
+def load_trials(config: SeqTuningConfig) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(
+        study_name=config.study_name, storage=optuna_storage(config.storage)
+    ).trials
+
+
+def test_a_study_prunes_trials_and_logs_each_as_a_nested_run(
+    data: SplitData, mlflow_store: Path, tmp_path: Path
+) -> None:
+    # The test split is poisoned: any use of it during tuning fails the test.
+    poisoned = replace(
+        data, X_test=Untouchable(), y_test=Untouchable(), sequences_test=Untouchable()
+    )
+    config = tiny_config(tmp_path / "optuna.journal", n_trials=8)
+    messages: list[str] = []
+    with mlflow.start_run(run_name="seq-tuning") as parent:
+        result = tune_sequence_model(poisoned, config, log=messages.append)
+
+    trials = load_trials(config)
+    states = [t.state for t in trials]
+    assert result.n_pruned == states.count(TrialState.PRUNED) >= 1
+    assert result.n_complete == states.count(TrialState.COMPLETE) >= 2
+    assert result.n_pruned + result.n_complete == result.n_trials_this_run == 8
+    assert sum(m.startswith("trial ") for m in messages) == 8 and "on cpu" in messages[0]
+    for trial in trials:
+        # One reported value per epoch run; a pruned trial stopped before max_epochs.
+        assert sorted(trial.intermediate_values) == list(range(len(trial.intermediate_values)))
+        if trial.state == TrialState.PRUNED:
+            assert len(trial.intermediate_values) < config.max_epochs
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert (result.best_value, result.best_trial_number) == (best.value, best.number)
+    assert result.best_iteration == best.user_attrs["best_epoch"]
+    params = load_best_seq_params(config.study_name, config.storage)
+    assert params.to_dict() == result.best_params
+    assert (params.max_epochs, params.category_buckets) == (4, 64)
+    assert params.encoder in ("gru", "transformer") and params.hidden_size in (8, 16)
+
+    runs = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
+    )
+    by_name = {run.info.run_name: run for run in runs}
+    assert set(by_name) == {f"trial-{t.number}" for t in trials}
+    client = mlflow.MlflowClient()
+    for trial in trials:
+        run = by_name[f"trial-{trial.number}"]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["trial_state"] == trial.state.name.lower()
+        assert run.data.params["encoder"] == trial.params["encoder"]
+        history = client.get_metric_history(run.info.run_id, "validation_pr_auc")
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == [
+            trial.intermediate_values[step] for step in sorted(trial.intermediate_values)
+        ]
+        if trial.state == TrialState.COMPLETE:
+            assert run.data.metrics["best_validation_pr_auc"] == pytest.approx(trial.value)
+
+    # Retraining the best parameters with the trials' seed reproduces the best trial.
+    retrained = train_sequence_model(data, params, seed=TRAINING_SEED, device=torch.device("cpu"))
+    assert retrained.best_validation_pr_auc == pytest.approx(result.best_value)
+
+    # A rerun continues the same study, with new samples rather than the first run's again.
+    rerun = tune_sequence_model(poisoned, replace(config, n_trials=2), log=lambda _: None)
+    assert (rerun.n_trials_total, rerun.n_trials_this_run) == (10, 2)
+    trials = load_trials(config)
+    assert trials[8].params not in [t.params for t in trials[:8]]
+    assert rerun.best_value >= result.best_value
