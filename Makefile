@@ -14,7 +14,7 @@ FIND_LINKS := $(if $(wildcard $(WHEELS)/*.whl),--find-links $(WHEELS))
 MANIFEST := dbt_project/target/manifest.json
 DBT_SOURCES := $(shell find dbt_project -path dbt_project/target -prune -o -type f \( -name '*.sql' -o -name '*.yml' -o -name '*.csv' \) -print)
 
-.PHONY: run test lint format validate manifest ui bench clean
+.PHONY: run nightly test lint format validate manifest ui bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,9 +28,16 @@ $(MANIFEST): $(INSTALLED) $(DBT_SOURCES)
 
 manifest: $(MANIFEST)
 
+# DAGSTER_HOME gets a dagster.yaml with the warehouse pool limit (orchestration/instance.py).
 run: $(MANIFEST)
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m orchestration.instance
 	$(BIN)/python -m orchestration.run
+
+# One simulated night after `make run`: the next day of the demo shop, then nightly_retraining
+# (what the 02:00 schedule runs). N_TRIALS=5 makes the night's study smaller.
+nightly: $(MANIFEST)
+	$(BIN)/python -m orchestration.instance
+	$(BIN)/python -m orchestration.nightly $(if $(N_TRIALS),--n-trials $(N_TRIALS))
 
 test: $(MANIFEST) lint
 	$(BIN)/python -m pytest
@@ -44,11 +51,13 @@ format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
 
 validate: $(MANIFEST)
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m orchestration.instance
 	dagster definitions validate -w workspace.yaml
 
+# Dagster on :3000 and MLflow on :5000 (DAGSTER_PORT, MLFLOW_PORT); `make ui OPTUNA_DASHBOARD=1`
+# also serves the Optuna dashboard on :8080 (OPTUNA_DASHBOARD_PORT). Ctrl-C stops them all.
 ui: $(MANIFEST)
-	$(BIN)/python -m orchestration.ui
+	$(BIN)/python -m orchestration.ui $(if $(filter 1 true yes,$(OPTUNA_DASHBOARD)),--optuna-dashboard)
 
 bench: $(MANIFEST)
 	$(BIN)/python bench/feature_build.py

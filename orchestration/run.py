@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 import dagster as dg
 import duckdb
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 
 from ml import settings
 from ml.data.synthetic import SyntheticConfig
@@ -47,26 +48,38 @@ def warehouse_summary() -> list[str]:
 
 
 def model_summary() -> list[str]:
+    """The champion, the newest version of each family with its promotion decision, and the
+    test PR-AUC of both families and the baselines on the test window they share."""
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri())
     champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
-    run = client.get_run(champion.run_id)
-    test_pr_auc = {
-        key.removeprefix("test_").removesuffix("_pr_auc"): value
-        for key, value in run.data.metrics.items()
-        if key.startswith("test_") and key.endswith("_pr_auc")
-    }
-    newest = max(client.search_model_versions(f"name='{MODEL_NAME}'"), key=lambda v: int(v.version))
+    newest_by_family: dict[str, ModelVersion] = {}
+    for version in client.search_model_versions(f"name='{MODEL_NAME}'"):
+        family = version.tags.get("family", "?")
+        if family not in newest_by_family or int(version.version) > int(
+            newest_by_family[family].version
+        ):
+            newest_by_family[family] = version
     lines = [
         f"  {MODEL_NAME}@{CHAMPION} = version {champion.version} "
-        f"({champion.tags.get('family', '?')})",
-        f"  newest version {newest.version}: {newest.tags.get('promotion_decision', 'n/a')} "
-        f"({newest.tags.get('promotion_reason', 'n/a')})",
-        "  champion's test PR-AUC: "
+        f"({champion.tags.get('family', '?')})"
+    ]
+    test_pr_auc: dict[str, float] = {}
+    for family, version in sorted(newest_by_family.items(), key=lambda kv: int(kv[1].version)):
+        lines.append(
+            f"  newest {family} version {version.version}: "
+            f"{version.tags.get('promotion_decision', 'n/a')} "
+            f"({version.tags.get('promotion_reason', 'n/a')})"
+        )
+        for key, value in client.get_run(version.run_id).data.metrics.items():
+            if key.startswith("test_") and key.endswith("_pr_auc"):
+                test_pr_auc[key.removeprefix("test_").removesuffix("_pr_auc")] = value
+    lines.append(
+        "  test PR-AUC: "
         + ", ".join(
             f"{name} {value:.3f}"
             for name, value in sorted(test_pr_auc.items(), key=lambda kv: -kv[1])
-        ),
-    ]
+        )
+    )
     return lines
 
 

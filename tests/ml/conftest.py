@@ -149,8 +149,11 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     from ml.tracking import configure_mlflow
 
     previous_uri = mlflow.get_tracking_uri()
-    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; monkeypatch restores it afterwards.
+    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID and mlflow.set_tracking_uri exports
+    # MLFLOW_TRACKING_URI; monkeypatch restores both afterwards, so no later test or server
+    # started by one inherits this store (or, after the restore below, ./mlflow.db).
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     configure_mlflow(
         f"sqlite:///{tmp_path / 'mlflow.db'}", "purchase-propensity", tmp_path / "mlartifacts"
     )
