@@ -49,6 +49,25 @@ def current_champion(client: MlflowClient, model_name: str = MODEL_NAME) -> str 
     return None if version is None else str(version)
 
 
+def signature_columns(model: mlflow.pyfunc.PyFuncModel, frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns of `frame` the model's signature names (all of them when it names none).
+
+    One frame serves every family (features and sequences); handing each model only its own
+    columns keeps MLflow from warning about the others on every call.
+    """
+    schema = model.metadata.get_input_schema()
+    if schema is None or not schema.has_input_names():
+        return frame
+    names = [name for name in schema.input_names() if name in frame.columns]
+    return frame[names] if len(names) == len(schema.input_names()) else frame
+
+
+def _pr_auc_text(score: float, other: float) -> tuple[str, str]:
+    """Both scores with 4 decimals, or 6 where 4 would make them look equal."""
+    digits = 4 if f"{score:.4f}" != f"{other:.4f}" else 6
+    return f"{score:.{digits}f}", f"{other:.{digits}f}"
+
+
 def score_version(
     model_name: str,
     version: str,
@@ -61,7 +80,7 @@ def score_version(
     Loads through the global MLflow registry URI (`ml.tracking.configure_mlflow` sets it).
     """
     model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
-    scores = np.asarray(model.predict(X), dtype=float).reshape(-1)
+    scores = np.asarray(model.predict(signature_columns(model, X)), dtype=float).reshape(-1)
     return float(evaluate_fn(y, scores))
 
 
@@ -94,9 +113,10 @@ def promote(
         champion_score = score_version(model_name, champion_version, X_test, y_test, evaluate_fn)
         promoted = challenger_score > champion_score
         verb = "beats" if promoted else "does not beat"
+        challenger_text, champion_text = _pr_auc_text(challenger_score, champion_score)
         reason = (
-            f"challenger v{version} PR-AUC {challenger_score:.4f} {verb} champion "
-            f"v{champion_version} PR-AUC {champion_score:.4f} on the same test window"
+            f"challenger v{version} PR-AUC {challenger_text} {verb} champion "
+            f"v{champion_version} PR-AUC {champion_text} on the same test window"
         )
 
     decision = PromotionDecision(
