@@ -553,13 +553,42 @@ def predict_proba(
     """Purchase probabilities (float64), one per row of `model_input`: the feature columns plus
     the SEQUENCE_COLUMNS (`SplitData.model_input`); other columns are ignored. A missing column
     raises ValueError naming it."""
+    return _sigmoid(predict_logits(model.net, _input_tensors(model, model_input), batch_size))
+
+
+def _input_tensors(model: TrainedSequenceModel, model_input: pd.DataFrame) -> SequenceTensors:
     missing = [c for c in SEQUENCE_COLUMNS if c not in model_input.columns]
     if missing:
         raise ValueError(
             f"The input lacks the sequence column(s) {missing} the sequence model reads; pass "
             "features and sequences together (SplitData.model_input or load_scoring_frame)"
         )
-    tensors = build_tensors(
+    return build_tensors(
         model.scaler, model.params, model_input, model_input[list(SEQUENCE_COLUMNS)]
     )
-    return _sigmoid(predict_logits(model.net, tensors, batch_size))
+
+
+def feature_contributions(
+    model: TrainedSequenceModel, model_input: pd.DataFrame, batch_size: int = 1024
+) -> pd.DataFrame:
+    """Per row and static feature: how much the feature moved the logit, by occlusion.
+
+    A feature's contribution is the row's logit minus its logit with that feature set to the
+    training average (standardized 0, "not missing"), everything else and the events unchanged.
+    So the intervention list can name the features behind a sequence model's score too, in the
+    same sign convention as XGBoost's SHAP values (larger = pushed the score up). One forward
+    pass per feature over the given rows: meant for the top-k list, not for every user.
+    """
+    tensors = _input_tensors(model, model_input)
+    base = predict_logits(model.net, tensors, batch_size)
+    scaler = model.scaler
+    n_columns = len(scaler.columns)
+    contributions = np.empty((len(model_input), n_columns), dtype=np.float64)
+    for position, column in enumerate(scaler.columns):
+        occluded = tensors.static.clone()
+        occluded[:, position] = 0.0
+        if column in scaler.missing_columns:
+            occluded[:, n_columns + scaler.missing_columns.index(column)] = 0.0
+        replaced = SequenceTensors(*tensors.as_tuple()[:4], static=occluded)
+        contributions[:, position] = base - predict_logits(model.net, replaced, batch_size)
+    return pd.DataFrame(contributions, columns=scaler.columns, index=model_input.index)

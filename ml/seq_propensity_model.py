@@ -28,6 +28,7 @@ from ml.seq_model import (
     SeqParams,
     SequencePropensityNet,
     TrainedSequenceModel,
+    feature_contributions,
     predict_proba,
 )
 
@@ -106,6 +107,13 @@ class SequencePropensityModel(mlflow.pyfunc.PythonModel):
         if self.trained is None:
             raise RuntimeError("No network loaded: load the model with mlflow.pyfunc.load_model")
         return predict_proba(self.trained, model_input, batch_size=self.batch_size)
+
+    def contributions(self, model_input: pd.DataFrame) -> pd.DataFrame:
+        """Per static feature and row, the logit change when the feature is set to its training
+        average (occlusion): the drivers named on the intervention list."""
+        if self.trained is None:
+            raise RuntimeError("No network loaded: load the model with mlflow.pyfunc.load_model")
+        return feature_contributions(self.trained, model_input, batch_size=self.batch_size)
 
     def __getstate__(self) -> dict[str, Any]:
         """Never pickles the network, even when called after load_context."""

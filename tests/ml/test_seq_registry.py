@@ -198,3 +198,28 @@ def test_promotion_works_across_the_two_families(
     champion = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
     assert champion.unwrap_python_model().family == "torch-seq"
     np.testing.assert_allclose(champion.predict(X), seq_scores(good_seq, data), rtol=1e-5)
+
+
+def test_contributions_are_logit_changes_when_a_feature_is_set_to_its_training_average(
+    sequence_split_data: SplitData, good_seq: TrainedSequenceModel, mlflow_store: Path
+) -> None:
+    data = sequence_split_data
+    logged = log_seq(good_seq, data)
+    python_model = mlflow.pyfunc.load_model(logged.model_uri).unwrap_python_model()
+    rows = data.model_input("test").head(40)
+
+    contributions = python_model.contributions(rows)
+
+    assert list(contributions.columns) == data.feature_columns
+    assert contributions.index.equals(rows.index)
+    assert np.abs(contributions.to_numpy()).max() > 1e-3  # the static features matter
+    # Setting a complete (never NaN) feature by hand to the value the scaler maps to 0 must
+    # move the logit by exactly minus its contribution.
+    scaler = python_model.trained.scaler
+    column = next(c for c in scaler.columns if c not in scaler.missing_columns)
+    center = scaler.center[scaler.columns.index(column)]
+    average = np.sign(center) * np.expm1(abs(center))  # inverse of sign(x) * log1p(|x|)
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    before = logit(python_model.predict(None, rows))
+    after = logit(python_model.predict(None, rows.assign(**{column: average})))
+    np.testing.assert_allclose(before - after, contributions[column], atol=1e-4)
