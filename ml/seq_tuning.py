@@ -17,12 +17,19 @@ from dataclasses import dataclass
 
 import mlflow
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from ml import settings
 from ml.seq_model import ENCODERS, SeqParams, torch_device, train_sequence_model
 from ml.splits import SplitData
-from ml.tuning import TuningResult, optuna_storage
+from ml.tuning import (
+    TuningResult,
+    best_trial,
+    open_study,
+    optuna_storage,
+    run_trials,
+    tuning_result,
+)
 
 TRAINING_SEED = 0
 # The user attribute holding a trial's complete SeqParams (searched and fixed values).
@@ -90,19 +97,16 @@ def tune_sequence_model(
     dict, best_iteration its best epoch. `log` gets one line per trial.
     """
     device = torch_device()
-    study = optuna.create_study(
-        storage=optuna_storage(config.storage or settings.optuna_storage()),
-        study_name=config.study_name,
-        direction="maximize",
-        load_if_exists=True,
-        pruner=optuna.pruners.MedianPruner(
+    study = open_study(
+        config.study_name,
+        config.storage,
+        config.seed,
+        optuna.pruners.MedianPruner(
             n_startup_trials=config.pruner_startup_trials,
             n_warmup_steps=config.pruner_warmup_epochs,
         ),
     )
     n_before = len(study.trials)
-    # Offset by the trials already run, so a rerun does not replay the first run's samples.
-    study.sampler = optuna.samplers.TPESampler(seed=config.seed + n_before)
     log(
         f"Study {config.study_name!r}: {n_before} earlier trials; running up to "
         f"{config.n_trials} more (timeout {config.timeout_s:g}s) on {device}"
@@ -151,44 +155,17 @@ def tune_sequence_model(
         # Only a pruned trial gets here; Optuna records it as pruned when this is raised.
         raise optuna.TrialPruned(pruned_reason)
 
-    run_here: list[int] = []
-
-    def log_progress(study: optuna.Study, trial: FrozenTrial) -> None:
-        run_here.append(trial.number)
-        if trial.state == TrialState.COMPLETE:
-            outcome = f"validation PR-AUC {trial.value:.4f}"
-        elif trial.state == TrialState.PRUNED:
-            outcome = f"pruned at epoch {trial.last_step}"
-        else:
-            outcome = trial.state.name.lower()
-        best = _best_trial(study)
-        best_text = f"best {best.value:.4f} (trial {best.number})" if best else "no best yet"
-        log(
-            f"trial {trial.number} ({len(run_here)}/{config.n_trials} this run): "
-            f"{trial.params.get('encoder')} h{trial.params.get('hidden_size')} -> {outcome}; "
-            f"{best_text}"
-        )
-
-    study.optimize(
-        objective, n_trials=config.n_trials, timeout=config.timeout_s, callbacks=[log_progress]
+    best, this_run = run_trials(
+        study,
+        objective,
+        config.n_trials,
+        config.timeout_s,
+        log,
+        describe=lambda trial: f"{trial.params.get('encoder')} h{trial.params.get('hidden_size')}",
+        step_name="epoch",
     )
-
-    best = _best_trial(study)
-    if best is None:
-        raise RuntimeError(
-            f"Study {config.study_name!r} has no complete trial; raise n_trials or timeout_s"
-        )
-    this_run = [t for t in study.trials if t.number in run_here]
-    return TuningResult(
-        best_params=params_of(best).to_dict(),
-        best_value=float(best.value),
-        best_trial_number=best.number,
-        best_iteration=best.user_attrs.get("best_epoch"),
-        study_name=config.study_name,
-        n_trials_total=len(study.trials),
-        n_trials_this_run=len(this_run),
-        n_pruned=sum(t.state == TrialState.PRUNED for t in this_run),
-        n_complete=sum(t.state == TrialState.COMPLETE for t in this_run),
+    return tuning_result(
+        study, best, this_run, params_of(best).to_dict(), best.user_attrs.get("best_epoch")
     )
 
 
@@ -198,7 +175,7 @@ def load_best_seq_params(study_name: str, storage: str = "") -> SeqParams:
     study = optuna.load_study(
         study_name=study_name, storage=optuna_storage(storage or settings.optuna_storage())
     )
-    best = _best_trial(study)
+    best = best_trial(study)
     if best is None:
         raise ValueError(f"Study {study_name!r} has no complete trial yet; tune first")
     return params_of(best)
@@ -207,9 +184,3 @@ def load_best_seq_params(study_name: str, storage: str = "") -> SeqParams:
 def params_of(trial: FrozenTrial) -> SeqParams:
     """A trial's complete SeqParams (stored as a user attribute when the trial started)."""
     return SeqParams.from_dict(trial.user_attrs[PARAMS_ATTR])
-
-
-def _best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best complete trial, or None (study.best_trial raises when there is none)."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return max(complete, key=lambda t: t.value) if complete else None

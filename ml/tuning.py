@@ -146,6 +146,86 @@ def fit_with_params(
     )
 
 
+def open_study(
+    study_name: str, storage: str, seed: int, pruner: optuna.pruners.BasePruner
+) -> optuna.Study:
+    """The named study (created or continued) with a seeded TPE sampler.
+
+    `storage` empty means the project default. The sampler's seed is offset by the trials
+    already run, so that a rerun does not replay the first run's random start-up samples.
+    """
+    study = optuna.create_study(
+        storage=optuna_storage(storage or settings.optuna_storage()),
+        study_name=study_name,
+        direction="maximize",
+        load_if_exists=True,
+        pruner=pruner,
+    )
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    return study
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    n_trials: int,
+    timeout_s: float,
+    log: Callable[[str], None],
+    describe: Callable[[FrozenTrial], str],
+    step_name: str,
+) -> tuple[FrozenTrial, list[FrozenTrial]]:
+    """Runs up to `n_trials` trials (or until `timeout_s`), logging one line per trial
+    (`describe` names what the trial tried, `step_name` what a pruned trial stopped at).
+
+    Returns the study's best complete trial and the trials this call ran (other workers may
+    add trials to the same study). Raises when the study has no complete trial at all.
+    """
+    run_here: list[int] = []
+
+    def log_progress(study: optuna.Study, trial: FrozenTrial) -> None:
+        run_here.append(trial.number)
+        if trial.state == TrialState.COMPLETE:
+            outcome = f"validation PR-AUC {trial.value:.4f}"
+        elif trial.state == TrialState.PRUNED:
+            outcome = f"pruned at {step_name} {trial.last_step}"
+        else:
+            outcome = trial.state.name.lower()
+        best = best_trial(study)
+        best_text = f"best {best.value:.4f} (trial {best.number})" if best else "no best yet"
+        log(
+            f"trial {trial.number} ({len(run_here)}/{n_trials} this run): "
+            f"{describe(trial)} -> {outcome}; {best_text}"
+        )
+
+    study.optimize(objective, n_trials=n_trials, timeout=timeout_s, callbacks=[log_progress])
+    best = best_trial(study)
+    if best is None:
+        raise RuntimeError(
+            f"Study {study.study_name!r} has no complete trial; raise n_trials or timeout_s"
+        )
+    return best, [t for t in study.trials if t.number in run_here]
+
+
+def tuning_result(
+    study: optuna.Study,
+    best: FrozenTrial,
+    this_run: list[FrozenTrial],
+    best_params: dict[str, Any],
+    best_iteration: int | None,
+) -> TuningResult:
+    return TuningResult(
+        best_params=best_params,
+        best_value=float(best.value),
+        best_trial_number=best.number,
+        best_iteration=best_iteration,
+        study_name=study.study_name,
+        n_trials_total=len(study.trials),
+        n_trials_this_run=len(this_run),
+        n_pruned=sum(t.state == TrialState.PRUNED for t in this_run),
+        n_complete=sum(t.state == TrialState.COMPLETE for t in this_run),
+    )
+
+
 def tune_xgb(
     data: SplitData, config: TuningConfig, log: Callable[[str], None] = print
 ) -> TuningResult:
@@ -154,19 +234,15 @@ def tune_xgb(
     `log` gets one line per trial (the Dagster logger in the pipeline, print otherwise).
     """
     device = xgb_device()
-    study = optuna.create_study(
-        storage=optuna_storage(config.storage or settings.optuna_storage()),
-        study_name=config.study_name,
-        direction="maximize",
-        load_if_exists=True,
-        pruner=optuna.pruners.MedianPruner(
+    study = open_study(
+        config.study_name,
+        config.storage,
+        config.seed,
+        optuna.pruners.MedianPruner(
             n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_ROUNDS
         ),
     )
     n_before = len(study.trials)
-    # Seeded for reproducibility, offset by the trials already run so that a rerun does not
-    # replay the first run's random start-up samples.
-    study.sampler = optuna.samplers.TPESampler(seed=config.seed + n_before)
     log(
         f"Study {config.study_name!r}: {n_before} earlier trials; running up to "
         f"{config.n_trials} more (timeout {config.timeout_s:g}s) on {device}"
@@ -206,51 +282,24 @@ def tune_xgb(
         # Only a pruned trial gets here; Optuna records it as pruned when this is raised.
         raise optuna.TrialPruned(pruned_reason)
 
-    # Numbers of the trials this call ran (other workers may add trials to the same study).
-    run_here: list[int] = []
-
-    def log_progress(study: optuna.Study, trial: FrozenTrial) -> None:
-        run_here.append(trial.number)
-        if trial.state == TrialState.COMPLETE:
-            outcome = f"validation PR-AUC {trial.value:.4f}"
-        elif trial.state == TrialState.PRUNED:
-            outcome = f"pruned at round {trial.last_step}"
-        else:
-            outcome = trial.state.name.lower()
-        best = _best_trial(study)
-        best_text = f"best {best.value:.4f} (trial {best.number})" if best else "no best yet"
-        log(
-            f"trial {trial.number} ({len(run_here)}/{config.n_trials} this run): "
-            f"{trial.params.get(STRATEGY_KEY)} -> {outcome}; {best_text}"
-        )
-
-    study.optimize(
-        objective, n_trials=config.n_trials, timeout=config.timeout_s, callbacks=[log_progress]
+    best, this_run = run_trials(
+        study,
+        objective,
+        config.n_trials,
+        config.timeout_s,
+        log,
+        describe=lambda trial: str(trial.params.get(STRATEGY_KEY)),
+        step_name="round",
     )
-
-    best = _best_trial(study)
-    if best is None:
-        raise RuntimeError(
-            f"Study {config.study_name!r} has no complete trial; raise n_trials or timeout_s"
-        )
-    this_run = [t for t in study.trials if t.number in run_here]
-    return TuningResult(
-        best_params=params_of(best),
-        best_value=float(best.value),
-        best_trial_number=best.number,
-        best_iteration=best.user_attrs.get("best_iteration"),
-        study_name=config.study_name,
-        n_trials_total=len(study.trials),
-        n_trials_this_run=len(this_run),
-        n_pruned=sum(t.state == TrialState.PRUNED for t in this_run),
-        n_complete=sum(t.state == TrialState.COMPLETE for t in this_run),
+    return tuning_result(
+        study, best, this_run, params_of(best), best.user_attrs.get("best_iteration")
     )
 
 
 def load_best_params(study_name: str, storage: str) -> dict[str, Any]:
     """The best complete trial's parameters from storage, ready for `fit_with_params`."""
     study = optuna.load_study(study_name=study_name, storage=optuna_storage(storage))
-    best = _best_trial(study)
+    best = best_trial(study)
     if best is None:
         raise ValueError(f"Study {study_name!r} has no complete trial yet; tune first")
     return params_of(best)
@@ -261,7 +310,7 @@ def params_of(trial: FrozenTrial) -> dict[str, Any]:
     return {TARGET_RATIO_KEY: DEFAULT_TARGET_RATIO, **trial.params}
 
 
-def _best_trial(study: optuna.Study) -> FrozenTrial | None:
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The best complete trial, or None (study.best_trial raises when there is none)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return max(complete, key=lambda t: t.value) if complete else None

@@ -45,6 +45,7 @@ from ml.tuning import (
     STRATEGY_KEY,
     TARGET_RATIO_KEY,
     TuningConfig,
+    TuningResult,
     load_best_params,
     tune_xgb,
 )
@@ -133,6 +134,30 @@ def split_metadata(data: SplitData) -> dict[str, str | int]:
     }
 
 
+def run_study(
+    data: SplitData, study_name: str, device: str, tune: Callable[[], TuningResult]
+) -> dg.MaterializeResult:
+    """Runs `tune` inside the study's parent MLflow run (trials nest under it) and reports
+    the study as asset metadata; both families' study assets share it."""
+    with mlflow.start_run(run_name=f"study-{study_name}") as parent:
+        mlflow.set_tags({f"split_{k}": v for k, v in data.split.describe().items()})
+        result = tune()
+        mlflow.log_metric("best_validation_pr_auc", result.best_value)
+    return dg.MaterializeResult(
+        metadata={
+            "best_validation_pr_auc": result.best_value,
+            "best_params": dg.MetadataValue.json(result.best_params),
+            "trials_total": result.n_trials_total,
+            "trials_this_run": result.n_trials_this_run,
+            "trials_pruned": result.n_pruned,
+            "device": device,
+            "optuna_storage": settings.optuna_storage(),
+            "mlflow_parent_run_id": parent.info.run_id,
+            **split_metadata(data),
+        }
+    )
+
+
 @dg.asset(
     key=["training", "xgb_study"],
     pool=WAREHOUSE_POOL,
@@ -153,22 +178,8 @@ def xgb_study(context: dg.AssetExecutionContext, config: StudyConfig) -> dg.Mate
         pruning=config.pruning,
         strategies=tuple(config.strategies),
     )
-    with mlflow.start_run(run_name=f"study-{config.study_name}") as parent:
-        mlflow.set_tags({f"split_{k}": v for k, v in data.split.describe().items()})
-        result = tune_xgb(data, tuning, log=context.log.info)
-        mlflow.log_metric("best_validation_pr_auc", result.best_value)
-    return dg.MaterializeResult(
-        metadata={
-            "best_validation_pr_auc": result.best_value,
-            "best_params": dg.MetadataValue.json(result.best_params),
-            "trials_total": result.n_trials_total,
-            "trials_this_run": result.n_trials_this_run,
-            "trials_pruned": result.n_pruned,
-            "device": xgb_device(),
-            "optuna_storage": settings.optuna_storage(),
-            "mlflow_parent_run_id": parent.info.run_id,
-            **split_metadata(data),
-        }
+    return run_study(
+        data, config.study_name, xgb_device(), lambda: tune_xgb(data, tuning, log=context.log.info)
     )
 
 
@@ -222,9 +233,10 @@ Scorer = Callable[[pd.DataFrame], np.ndarray]
 
 def evaluate_against_baselines(
     data: SplitData, model_name: str, model_scores: Scorer, top_k_fraction: float
-) -> tuple[dict[str, dict], dict[str, dict], dict[str, float]]:
+) -> tuple[dict[str, dict], dict[str, dict], dict[str, float], np.ndarray]:
     """Validation and test metrics of the model and the baselines, with each one's threshold
-    chosen on validation. Scorers get `data.model_input(split)`: features (and sequences)."""
+    chosen on validation, and the model's test scores (for its plots). Scorers get
+    `data.model_input(split)`: features (and sequences)."""
     logistic = fit_logistic_regression(data.X_train, data.y_train)
     features = data.feature_columns
     scorers: dict[str, Scorer] = {
@@ -234,17 +246,18 @@ def evaluate_against_baselines(
         "base_rate": lambda X: base_rate_scores(data.y_train, len(X)),
     }
     validation_input, test_input = data.model_input("validation"), data.model_input("test")
-    validation_metrics, test_metrics, thresholds = {}, {}, {}
+    validation_metrics, test_metrics, thresholds, test_scores = {}, {}, {}, {}
     for name, score in scorers.items():
         validation_scores = score(validation_input)
         thresholds[name] = choose_threshold(data.y_validation, validation_scores)
         validation_metrics[name] = evaluate(
             data.y_validation, validation_scores, thresholds[name], top_k_fraction
         )
+        test_scores[name] = score(test_input)
         test_metrics[name] = evaluate(
-            data.y_test, score(test_input), thresholds[name], top_k_fraction
+            data.y_test, test_scores[name], thresholds[name], top_k_fraction
         )
-    return validation_metrics, test_metrics, thresholds
+    return validation_metrics, test_metrics, thresholds, test_scores[model_name]
 
 
 def final_model_metadata(
@@ -295,7 +308,7 @@ def xgb_model(context: dg.AssetExecutionContext, config: FinalModelConfig) -> dg
         data.y_validation,
         sample_weight=weights,
     )
-    validation_metrics, test_metrics, thresholds = evaluate_against_baselines(
+    validation_metrics, test_metrics, thresholds, test_scores = evaluate_against_baselines(
         data, "xgboost", lambda X: predict_proba(booster, X), config.top_k_fraction
     )
     table = comparison_table(test_metrics)
@@ -306,7 +319,7 @@ def xgb_model(context: dg.AssetExecutionContext, config: FinalModelConfig) -> dg
         plots_dir = Path(tmp) / "xgboost"
         plots = save_evaluation_plots(
             data.y_test,
-            predict_proba(booster, data.X_test),
+            test_scores,
             thresholds["xgboost"],
             plots_dir,
             "xgboost",
@@ -366,22 +379,11 @@ def seq_study(context: dg.AssetExecutionContext, config: SeqStudyConfig) -> dg.M
         max_epochs=config.max_epochs,
         max_train_rows=config.max_train_rows,
     )
-    with mlflow.start_run(run_name=f"study-{config.study_name}") as parent:
-        mlflow.set_tags({f"split_{k}": v for k, v in data.split.describe().items()})
-        result = tune_sequence_model(data, tuning, log=context.log.info)
-        mlflow.log_metric("best_validation_pr_auc", result.best_value)
-    return dg.MaterializeResult(
-        metadata={
-            "best_validation_pr_auc": result.best_value,
-            "best_params": dg.MetadataValue.json(result.best_params),
-            "trials_total": result.n_trials_total,
-            "trials_this_run": result.n_trials_this_run,
-            "trials_pruned": result.n_pruned,
-            "device": str(torch_device()),
-            "optuna_storage": settings.optuna_storage(),
-            "mlflow_parent_run_id": parent.info.run_id,
-            **split_metadata(data),
-        }
+    return run_study(
+        data,
+        config.study_name,
+        str(torch_device()),
+        lambda: tune_sequence_model(data, tuning, log=context.log.info),
     )
 
 
@@ -399,7 +401,7 @@ def seq_model(context: dg.AssetExecutionContext, config: SeqModelConfig) -> dg.M
     data = load_split(with_sequences=True)
     params = load_best_seq_params(config.study_name, settings.optuna_storage())
     trained = train_sequence_model(data, params, seed=0)
-    validation_metrics, test_metrics, thresholds = evaluate_against_baselines(
+    validation_metrics, test_metrics, thresholds, test_scores = evaluate_against_baselines(
         data, "torch_seq", lambda X: seq_predict_proba(trained, X), config.top_k_fraction
     )
     table = comparison_table(test_metrics)
@@ -409,7 +411,7 @@ def seq_model(context: dg.AssetExecutionContext, config: SeqModelConfig) -> dg.M
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name="torch-seq-final") as run:
         plots = save_evaluation_plots(
             data.y_test,
-            seq_predict_proba(trained, data.model_input("test")),
+            test_scores,
             thresholds["torch_seq"],
             Path(tmp) / "torch_seq",
             "torch_seq",
