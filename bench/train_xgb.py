@@ -429,15 +429,15 @@ def bench_split(source: DataSource, args: argparse.Namespace) -> SplitData:
         y_train=y_train,
         X_validation=X_validation,
         y_validation=y_validation,
-        X_test=X_validation.iloc[:0],
-        y_test=y_validation[:0],
-        keys_test=pd.DataFrame(columns=list(KEY_COLUMNS)),
+        X_promotion=X_validation.iloc[:0],
+        y_promotion=y_validation[:0],
+        keys_promotion=pd.DataFrame(columns=list(KEY_COLUMNS)),
         feature_columns=list(X_train.columns),
         # Placeholder cutoffs: the bench rows are resampled, not cut by time.
         split=TimeSplit(
             train_cutoffs=(day,),
-            validation_cutoff=day.replace(day=8),
-            test_cutoff=day.replace(day=15),
+            validation_cutoffs=(day.replace(day=8),),
+            promotion_cutoffs=(day.replace(day=15),),
             horizon=day.replace(day=8) - day,
         ),
     )

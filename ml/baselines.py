@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 # The heuristic's fixed settings, chosen by reasoning about shoppers rather than fitted, so the
 # heuristic can never overfit: (column, half-life in hours or half-saturation count, weight).
@@ -29,6 +29,11 @@ FREQUENCY_TERMS = (
     ("sessions_lookback", 5.0, 0.10),
 )
 HEURISTIC_COLUMNS = tuple(name for name, _, _ in RECENCY_TERMS + FREQUENCY_TERMS)
+
+# Logistic regression's inputs are clipped to this many standard deviations (as the sequence
+# model's static inputs are), and its L2 strength: see fit_logistic_regression.
+LOGISTIC_CLIP = 5.0
+LOGISTIC_C = 0.01
 
 
 def base_rate_scores(y_train: np.ndarray, n_rows: int) -> np.ndarray:
@@ -59,19 +64,43 @@ def recency_frequency_scores(X: pd.DataFrame) -> np.ndarray:
     return score.clip(0.0, 1.0)
 
 
+def signed_log1p(values: np.ndarray) -> np.ndarray:
+    """sign(x) * log1p(|x|): counts, hours and durations on a log scale; NaN stays NaN."""
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+def clip_standardized(values: np.ndarray) -> np.ndarray:
+    return np.clip(values, -LOGISTIC_CLIP, LOGISTIC_CLIP)
+
+
 def fit_logistic_regression(
     X_train: pd.DataFrame,
     y_train: np.ndarray,
     seed: int = 0,
     sample_weight: np.ndarray | None = None,
 ) -> Pipeline:
-    """Median imputation with missing-value indicators (a NULL such as "never carted" carries
-    information), standard scaling, logistic regression. Score with `.predict_proba(X)[:, 1]`."""
+    """Signed log1p, median imputation with missing-value indicators (a NULL such as "never
+    carted" carries information), standard scaling, clipping to +-LOGISTIC_CLIP, and an
+    L2-regularized logistic regression (C = LOGISTIC_C). Score with `.predict_proba(X)[:, 1]`.
+
+    Why each step: on raw counts a few heavy users sit 40 standard deviations out, and a column
+    that is almost constant in training (e.g. events_previous_7d when only a few users have
+    history that old) lands 10^5 deviations out on later cutoffs where it is common: the logit
+    then reaches +-1000, probabilities are exactly 0 or 1, and one wrong row costs a log loss of
+    36 (on a Taobao-shaped file the model scored 6.6, worse than the base rate). The log scale
+    tames heavy tails, the clip bounds what any one input can add to the logit however far a
+    later row lies outside the training range, and the penalty keeps a column seen non-zero on
+    a handful of training rows from earning a large weight. C = 0.01 was the best or close to
+    it of 1, 0.1 and 0.01 on the demo shop, the test warehouse and Taobao-shaped files (with
+    hundreds of thousands of rows the penalty hardly matters).
+    """
     pipeline = Pipeline(
         [
+            ("log", FunctionTransformer(signed_log1p, feature_names_out="one-to-one")),
             ("impute", SimpleImputer(strategy="median", add_indicator=True)),
             ("scale", StandardScaler()),
-            ("model", LogisticRegression(max_iter=5_000, random_state=seed)),
+            ("clip", FunctionTransformer(clip_standardized, feature_names_out="one-to-one")),
+            ("model", LogisticRegression(C=LOGISTIC_C, max_iter=5_000, random_state=seed)),
         ]
     )
     pipeline.fit(X_train, np.asarray(y_train), model__sample_weight=sample_weight)

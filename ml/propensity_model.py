@@ -4,7 +4,9 @@ The contract every model family registered as `purchase-propensity` keeps, so sc
 promotion never need to know which family is champion:
 
 - `predict(context, model_input)` takes a DataFrame holding (at least) the model's feature
-  columns and returns a 1-D float array of purchase probabilities, one per row;
+  columns and returns a 1-D float array of purchase probabilities, one per row: the family's raw
+  score passed through the calibration fitted on the validation cutoffs
+  (`ml.evaluation.calibration`), kept in the model as plain numbers;
 - `family` names the family ("xgboost"; a PyTorch sequence model can be another PythonModel
   with its own `family`);
 - `contributions(model_input)`, where the family can explain itself, returns one column per
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from ml.evaluation.calibration import Calibrator
 from ml.xgb import contributions, predict_proba
 
 BOOSTER_ARTIFACT = "booster"
@@ -43,13 +46,24 @@ def select_features(model_input: pd.DataFrame, feature_columns: Sequence[str]) -
     return model_input[list(feature_columns)].astype(np.float64)
 
 
+def calibrate(raw_scores: np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
+    """The calibrated probabilities of a family's raw scores (unchanged without calibration)."""
+    return (
+        raw_scores if calibration is None else Calibrator.from_dict(calibration).apply(raw_scores)
+    )
+
+
 class PropensityModel(mlflow.pyfunc.PythonModel):
     """XGBoost purchase-propensity model; the booster file is the artifact named "booster"."""
 
     family = "xgboost"
 
-    def __init__(self, feature_columns: Sequence[str]) -> None:
+    def __init__(
+        self, feature_columns: Sequence[str], calibration: dict[str, Any] | None = None
+    ) -> None:
         self.feature_columns = list(feature_columns)
+        # Calibrator.to_dict(); None scores raw (uncalibrated) probabilities.
+        self.calibration = calibration
         self.booster: xgb.Booster | None = None
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
@@ -67,10 +81,11 @@ class PropensityModel(mlflow.pyfunc.PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> np.ndarray:
-        """Purchase probabilities, one per row of `model_input`."""
-        return predict_proba(
+        """Calibrated purchase probabilities, one per row of `model_input`."""
+        raw = predict_proba(
             self._loaded_booster(), select_features(model_input, self.feature_columns)
         )
+        return calibrate(raw, getattr(self, "calibration", None))
 
     def contributions(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """SHAP value per feature and row (log-odds), without XGBoost's bias column."""

@@ -1,9 +1,12 @@
 """Promotion in the MLflow model registry, with aliases instead of stages.
 
-A new version becomes the `challenger`. It becomes the `champion` only when it beats the current
-champion on the same test window, both scored now; a metric stored when the champion was trained
-is never used, since it may come from another window. Nothing moves until both models are scored,
-so a failure while loading or scoring leaves every alias where it was.
+A new version becomes the `challenger`. It becomes the `champion` only when the evidence says it
+is better: the paired difference of PR-AUC (challenger minus champion, both scored now on the
+promotion window, resampling users) has a one-sided lower bound above `GateConfig.min_gain`.
+A difference the interval cannot tell from zero keeps the champion, so the alias does not move
+by chance. A metric stored when the champion was trained is never used, since it may come from
+another window. Nothing moves until both models are scored, so a failure while loading or scoring
+leaves every alias where it was.
 """
 
 from __future__ import annotations
@@ -17,14 +20,27 @@ import pandas as pd
 from mlflow import MlflowClient
 from sklearn.metrics import average_precision_score
 
+from ml.evaluation.bootstrap import DEFAULT_CONFIDENCE, PairedDifference, paired_differences
+
 MODEL_NAME = "purchase-propensity"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """The promotion rule: promote when the one-sided `confidence` lower bound of the paired
+    PR-AUC difference exceeds `min_gain`; `n_resamples` user-level bootstrap resamples."""
+
+    min_gain: float = 0.0
+    confidence: float = DEFAULT_CONFIDENCE
+    n_resamples: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class PromotionDecision:
-    """Both scores on the same test window and what was decided."""
+    """Both scores on the same promotion window, their paired difference and the decision."""
 
     challenger_version: str
     challenger_pr_auc: float
@@ -32,6 +48,11 @@ class PromotionDecision:
     champion_pr_auc: float | None
     promoted: bool
     reason: str
+    difference: PairedDifference | None = None
+    window: str = ""
+    n_rows: int = 0
+    n_buyers: int = 0
+    n_users: int = 0
 
 
 def pr_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
@@ -47,6 +68,15 @@ def current_champion(client: MlflowClient, model_name: str = MODEL_NAME) -> str 
     """
     version = client.get_registered_model(model_name).aliases.get(CHAMPION)
     return None if version is None else str(version)
+
+
+def newest_versions_by_family(client: MlflowClient, model_name: str = MODEL_NAME) -> dict[str, str]:
+    """The newest registered version of each family (the version tag `family`)."""
+    newest: dict[str, int] = {}
+    for version in client.search_model_versions(f"name='{model_name}'"):
+        family = version.tags.get("family", "unknown")
+        newest[family] = max(newest.get(family, 0), int(version.version))
+    return {family: str(number) for family, number in sorted(newest.items())}
 
 
 def signature_columns(model: mlflow.pyfunc.PyFuncModel, frame: pd.DataFrame) -> pd.DataFrame:
@@ -68,76 +98,124 @@ def _pr_auc_text(score: float, other: float) -> tuple[str, str]:
     return f"{score:.{digits}f}", f"{other:.{digits}f}"
 
 
-def score_version(
-    model_name: str,
-    version: str,
-    X: pd.DataFrame,
-    y: np.ndarray,
-    evaluate_fn: Callable[[np.ndarray, np.ndarray], float] = pr_auc,
-) -> float:
-    """Loads a registered version as pyfunc (any family) and scores it on (X, y).
+def predict_version(model_name: str, version: str, X: pd.DataFrame) -> np.ndarray:
+    """Loads a registered version as pyfunc (any family) and scores every row of X.
 
     Loads through the global MLflow registry URI (`ml.tracking.configure_mlflow` sets it).
     """
     model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
-    scores = np.asarray(model.predict(signature_columns(model, X)), dtype=float).reshape(-1)
-    return float(evaluate_fn(y, scores))
+    return np.asarray(model.predict(signature_columns(model, X)), dtype=float).reshape(-1)
+
+
+def score_version(model_name: str, version: str, X: pd.DataFrame, y: np.ndarray) -> float:
+    """PR-AUC of a registered version on (X, y)."""
+    return pr_auc(y, predict_version(model_name, version, X))
+
+
+Scorer = Callable[[str, pd.DataFrame], np.ndarray]
 
 
 def promote(
     client: MlflowClient,
     version: str | int,
-    X_test: pd.DataFrame,
-    y_test: np.ndarray,
-    evaluate_fn: Callable[[np.ndarray, np.ndarray], float] = pr_auc,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    groups: np.ndarray | pd.Series,
+    gate: GateConfig | None = None,
     model_name: str = MODEL_NAME,
-    test_window: str = "",
+    window: str = "",
+    scorer: Scorer | None = None,
 ) -> PromotionDecision:
-    """Makes `version` the challenger, and the champion if it beats the current one.
+    """Makes `version` the challenger, and the champion if the gate says its gain is real.
+
+    (X, y) is the promotion window, `groups` the user of each row (the bootstrap's unit),
+    `window` a description of it recorded with the decision. `scorer(version, X)` returns a
+    version's scores (default: load it from the registry).
 
     Order matters: score both models first, then write the evidence as version tags, then move
-    aliases. A failure before the aliases move leaves the registry's aliases untouched. A tie
-    keeps the champion. `test_window` (e.g. the test cutoff) is recorded with the decision.
+    aliases. A failure before the aliases move leaves the registry's aliases untouched.
     """
     version = str(version)
-    challenger_score = score_version(model_name, version, X_test, y_test, evaluate_fn)
+    gate = gate or GateConfig()
+    y = np.asarray(y).astype(np.int64)
+    score = scorer or (lambda v, frame: predict_version(model_name, v, frame))
+    challenger_scores = score(version, X)
+    challenger_pr_auc = pr_auc(y, challenger_scores)
     # Resolve the alias once and score that version: the same model `@champion` points to now.
     champion_version = current_champion(client, model_name)
-    champion_score = None
+    champion_pr_auc, difference = None, None
+    window_text = f"{len(y):,} rows, {int(y.sum()):,} buyers"
     if champion_version is None:
         promoted, reason = True, "no champion yet"
     elif champion_version == version:
-        champion_score = challenger_score
+        champion_pr_auc = challenger_pr_auc
         promoted, reason = True, "already the champion"
     else:
-        champion_score = score_version(model_name, champion_version, X_test, y_test, evaluate_fn)
-        promoted = challenger_score > champion_score
-        verb = "beats" if promoted else "does not beat"
-        challenger_text, champion_text = _pr_auc_text(challenger_score, champion_score)
+        champion_scores = score(champion_version, X)
+        champion_pr_auc = pr_auc(y, champion_scores)
+        difference = paired_differences(
+            y,
+            challenger_scores,
+            champion_scores,
+            groups,
+            n_resamples=gate.n_resamples,
+            seed=gate.seed,
+            confidence=gate.confidence,
+        )["pr_auc"]
+        promoted = difference.lower_bound > gate.min_gain
+        challenger_text, champion_text = _pr_auc_text(challenger_pr_auc, champion_pr_auc)
+        verdict = "gain shown: promoted" if promoted else "gain not shown: champion kept"
         reason = (
-            f"challenger v{version} PR-AUC {challenger_text} {verb} champion "
-            f"v{champion_version} PR-AUC {champion_text} on the same test window"
+            f"challenger v{version} PR-AUC {challenger_text} vs champion v{champion_version} "
+            f"{champion_text}; paired difference {difference.text()} "
+            f"({gate.confidence:.0%} interval), one-sided lower bound "
+            f"{difference.lower_bound:+.4f} {'>' if promoted else '<='} minimum gain "
+            f"{gate.min_gain:+.4f} on {window_text}: {verdict}"
         )
 
     decision = PromotionDecision(
         challenger_version=version,
-        challenger_pr_auc=challenger_score,
+        challenger_pr_auc=challenger_pr_auc,
         champion_version=champion_version,
-        champion_pr_auc=champion_score,
+        champion_pr_auc=champion_pr_auc,
         promoted=promoted,
         reason=reason,
+        difference=difference,
+        window=window,
+        n_rows=len(y),
+        n_buyers=int(y.sum()),
+        n_users=int(pd.Series(np.asarray(groups)).nunique()),
     )
-    tags = {
-        "promotion_decision": "promoted" if promoted else "kept_champion",
-        "promotion_reason": reason,
-        "challenger_test_pr_auc": f"{challenger_score:.6f}",
-        "champion_test_pr_auc": "none" if champion_score is None else f"{champion_score:.6f}",
-        "compared_with_version": champion_version or "none",
-        "promotion_test_window": test_window,
-    }
-    for key, value in tags.items():
+    for key, value in decision_tags(decision, gate).items():
         client.set_model_version_tag(model_name, version, key, value)
     client.set_registered_model_alias(model_name, CHALLENGER, version)
     if promoted:
         client.set_registered_model_alias(model_name, CHAMPION, version)
     return decision
+
+
+def decision_tags(decision: PromotionDecision, gate: GateConfig) -> dict[str, str]:
+    """The evidence of a decision as version tags: both scores, the difference with its
+    interval and lower bound, the rule, the window and its size."""
+
+    def number(value: float | None) -> str:
+        return "none" if value is None else f"{value:.6f}"
+
+    difference = decision.difference
+    return {
+        "promotion_decision": "promoted" if decision.promoted else "kept_champion",
+        "promotion_reason": decision.reason,
+        "challenger_promotion_pr_auc": number(decision.challenger_pr_auc),
+        "champion_promotion_pr_auc": number(decision.champion_pr_auc),
+        "compared_with_version": decision.champion_version or "none",
+        "pr_auc_difference": number(difference.estimate if difference else None),
+        "pr_auc_difference_low": number(difference.low if difference else None),
+        "pr_auc_difference_high": number(difference.high if difference else None),
+        "pr_auc_difference_lower_bound": number(difference.lower_bound if difference else None),
+        "gate_min_gain": f"{gate.min_gain:g}",
+        "gate_confidence": f"{gate.confidence:g}",
+        "promotion_window": decision.window,
+        "promotion_rows": str(decision.n_rows),
+        "promotion_buyers": str(decision.n_buyers),
+        "promotion_users": str(decision.n_users),
+    }

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ml.propensity_model import calibrate
 from ml.seq_model import (
     FeatureScaler,
     SeqParams,
@@ -85,10 +86,17 @@ class SequencePropensityModel(mlflow.pyfunc.PythonModel):
 
     family = "torch-seq"
 
-    def __init__(self, feature_columns: Sequence[str], batch_size: int = 2048) -> None:
+    def __init__(
+        self,
+        feature_columns: Sequence[str],
+        batch_size: int = 2048,
+        calibration: dict[str, Any] | None = None,
+    ) -> None:
         # Only plain values here: this object is pickled with the model, the network is not.
         self.feature_columns = list(feature_columns)
         self.batch_size = batch_size
+        # Calibrator.to_dict(); None scores raw (uncalibrated) probabilities.
+        self.calibration = calibration
         self.trained: TrainedSequenceModel | None = None
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
@@ -103,10 +111,12 @@ class SequencePropensityModel(mlflow.pyfunc.PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> np.ndarray:
-        """Purchase probabilities, one per row of `model_input` (features + sequences)."""
+        """Calibrated purchase probabilities, one per row of `model_input` (features +
+        sequences)."""
         if self.trained is None:
             raise RuntimeError("No network loaded: load the model with mlflow.pyfunc.load_model")
-        return predict_proba(self.trained, model_input, batch_size=self.batch_size)
+        raw = predict_proba(self.trained, model_input, batch_size=self.batch_size)
+        return calibrate(raw, getattr(self, "calibration", None))
 
     def contributions(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """Per static feature and row, the logit change when the feature is set to its training

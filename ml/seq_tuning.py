@@ -4,7 +4,9 @@ The twin of `ml.tuning` (XGBoost): the same storage helper (a journal file or an
 rerun continues the study), one nested MLflow run per trial under the active run, a seeded TPE
 sampler, a median pruner, and validation PR-AUC as the objective. Every epoch a trial reports its
 validation PR-AUC (`trial.report`) and asks `trial.should_prune`, so weak architectures stop after
-an epoch or two. The test split is never read.
+an epoch or two. The test split is never read. As there, `n_trials` decides how many trials
+run and `timeout_s` is a safety-net deadline for the whole call: once it passes, the trial in
+progress stops after its current epoch and is recorded as FAIL with its reason.
 
 Every trial trains with the fixed `TRAINING_SEED`, so retraining the best parameters
 (`load_best_seq_params`) on the same device reproduces the best trial's model.
@@ -23,11 +25,13 @@ from ml import settings
 from ml.seq_model import ENCODERS, SeqParams, torch_device, train_sequence_model
 from ml.splits import SplitData
 from ml.tuning import (
+    Deadline,
     TuningResult,
     best_trial,
     open_study,
     optuna_storage,
     run_trials,
+    trial_mlflow_run,
     tuning_result,
 )
 
@@ -48,10 +52,12 @@ class SeqTuningConfig:
     SeqParams) are fixed per study.
     The median pruner compares a trial with the median of earlier trials at the same epoch once
     `pruner_startup_trials` trials are complete, from epoch `pruner_warmup_epochs` on.
+    `n_trials` trials run; `timeout_s` is a deadline for the whole call, a safety net set well
+    above what `n_trials` need.
     """
 
     n_trials: int = 20
-    timeout_s: float = 1800
+    timeout_s: float = 7200
     seed: int = 42
     study_name: str = "purchase-propensity-torch-seq"
     storage: str = ""
@@ -91,7 +97,8 @@ def suggest_seq_params(trial: optuna.Trial, config: SeqTuningConfig) -> SeqParam
 def tune_sequence_model(
     data: SplitData, config: SeqTuningConfig, log: Callable[[str], None] = print
 ) -> TuningResult:
-    """Runs `config.n_trials` more trials (or until `config.timeout_s`) of the named study.
+    """Runs `config.n_trials` more trials of the named study (fewer only when the safety-net
+    deadline `config.timeout_s` passes).
 
     Returns `ml.tuning.TuningResult`: best_params is the best trial's complete SeqParams as a
     dict, best_iteration its best epoch. `log` gets one line per trial.
@@ -108,11 +115,11 @@ def tune_sequence_model(
     )
     n_before = len(study.trials)
     log(
-        f"Study {config.study_name!r}: {n_before} earlier trials; running up to "
-        f"{config.n_trials} more (timeout {config.timeout_s:g}s) on {device}"
+        f"Study {config.study_name!r}: {n_before} earlier trials; running {config.n_trials} "
+        f"more (deadline {config.timeout_s:g}s) on {device}"
     )
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial, deadline: Deadline) -> float:
         params = suggest_seq_params(trial, config)
         trial.set_user_attr(PARAMS_ATTR, params.to_dict())
 
@@ -122,40 +129,31 @@ def tune_sequence_model(
                 trial.report(value, epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch} (PR-AUC {value:.4f})")
+            deadline.check("epoch", epoch)
 
-        with mlflow.start_run(nested=True, run_name=f"trial-{trial.number}"):
+        tags = {
+            "optuna_study": config.study_name,
+            "optuna_trial": trial.number,
+            "device": str(device),
+        }
+        with trial_mlflow_run(trial, tags):
             mlflow.log_params(params.to_dict())
-            mlflow.set_tags(
+            trained = train_sequence_model(
+                data, params, seed=TRAINING_SEED, device=device, on_epoch=on_epoch
+            )
+            trial.set_user_attr("best_epoch", trained.best_epoch)
+            mlflow.set_tag("trial_state", "complete")
+            mlflow.log_metrics(
                 {
-                    "optuna_study": config.study_name,
-                    "optuna_trial": trial.number,
-                    "device": str(device),
+                    "best_validation_pr_auc": trained.best_validation_pr_auc,
+                    "best_epoch": trained.best_epoch,
+                    "epochs_trained": trained.epochs_trained,
+                    "train_seconds": trained.seconds,
                 }
             )
-            try:
-                trained = train_sequence_model(
-                    data, params, seed=TRAINING_SEED, device=device, on_epoch=on_epoch
-                )
-            except optuna.TrialPruned as pruned:
-                # Caught so that the MLflow run ends as finished rather than failed.
-                mlflow.set_tags({"trial_state": "pruned", "pruned_reason": str(pruned)})
-                pruned_reason = str(pruned)
-            else:
-                trial.set_user_attr("best_epoch", trained.best_epoch)
-                mlflow.set_tag("trial_state", "complete")
-                mlflow.log_metrics(
-                    {
-                        "best_validation_pr_auc": trained.best_validation_pr_auc,
-                        "best_epoch": trained.best_epoch,
-                        "epochs_trained": trained.epochs_trained,
-                        "train_seconds": trained.seconds,
-                    }
-                )
-                return trained.best_validation_pr_auc
-        # Only a pruned trial gets here; Optuna records it as pruned when this is raised.
-        raise optuna.TrialPruned(pruned_reason)
+        return trained.best_validation_pr_auc
 
-    best, this_run = run_trials(
+    run = run_trials(
         study,
         objective,
         config.n_trials,
@@ -165,7 +163,7 @@ def tune_sequence_model(
         step_name="epoch",
     )
     return tuning_result(
-        study, best, this_run, params_of(best).to_dict(), best.user_attrs.get("best_epoch")
+        study, run, params_of(run.best).to_dict(), run.best.user_attrs.get("best_epoch")
     )
 
 

@@ -1,15 +1,31 @@
-"""Split the labeled rows by time: train on the past, choose settings on later data, test last.
+"""Roles of time: which cutoffs tune a model, which decide its promotion, and nothing in between.
 
 Why by time and not at random: the model is used to score the next cutoff, so it must be
 judged on cutoffs after the ones it learned from. A random split would let the same user's
-neighbouring cutoffs (with nearly identical features and overlapping label windows) sit in
-train and test at once and make the model look better than it is.
+neighbouring cutoffs (with nearly identical features and overlapping label windows) sit on both
+sides at once and make the model look better than it is.
 
-Why gaps: the label of a cutoff looks `horizon` ahead. If a training cutoff's label window
-reached past the validation cutoff, training labels would contain purchases that happen after
-the validation cutoff, i.e. in validation's future. So every training label window ends at or
-before the validation cutoff, and the validation label window ends at or before the test cutoff.
-Cutoffs in between are left out.
+Each window of time has one role, and no role reads another's:
+
+- tuning: the train cutoffs (models learn from them, resampling touches only them) and, later,
+  several validation cutoffs pooled (Optuna's objective, early stopping, the decision threshold
+  and calibration read them);
+- promotion: the latest `n_promotion` cutoffs whose label windows are complete, pooled. Only
+  the promotion gate and the final report read them. Every challenger of a night is judged on
+  them, so the champion's promotion figure is the best of several tries on that window; the one
+  untouched estimate of a deployed model is its served predictions once their labels mature
+  (`ml.monitoring`);
+- after training: the scoring cutoff and later ones, checked when their labels mature.
+
+Why gaps: the label of a cutoff looks `horizon` ahead. A train cutoff's label window must end
+at or before the first validation cutoff, and the last validation label window at or before the
+first promotion cutoff; otherwise one role's labels would hold purchases from the next role's
+time. Cutoffs in the gaps are left out.
+
+Complete histories: a cutoff's features read `lookback` before it. Cutoffs whose lookback reaches
+back before the data starts see less history than the scored cutoff will, so the roles use only
+cutoffs with a complete lookback when there are enough; a short file falls back to all cutoffs
+and says so (`TimeSplit.history_warning`).
 """
 
 from __future__ import annotations
@@ -22,47 +38,76 @@ import pandas as pd
 
 from ml.dataset import KEY_COLUMNS, LABEL_COLUMN, SEQUENCE_COLUMNS, LabeledFeatures
 
+SPLIT_NAMES = ("train", "validation", "promotion")
+DEFAULT_VALIDATION_CUTOFFS = 3
+DEFAULT_PROMOTION_CUTOFFS = 3
+
 
 @dataclass(frozen=True)
 class TimeSplit:
-    """Which cutoffs go where. Every label window is `horizon` long."""
+    """Which cutoffs play which role. Every label window is `horizon` long.
+
+    `history_warning` is empty when every cutoff used has a complete lookback, else it says why
+    cutoffs with an incomplete lookback were used.
+    """
 
     train_cutoffs: tuple[datetime, ...]
-    validation_cutoff: datetime
-    test_cutoff: datetime
+    validation_cutoffs: tuple[datetime, ...]
+    promotion_cutoffs: tuple[datetime, ...]
     horizon: timedelta
+    history_warning: str = ""
+
+    @property
+    def lookback_complete(self) -> bool:
+        return not self.history_warning
 
     def describe(self) -> dict[str, str]:
         """Plain strings for MLflow tags and Dagster metadata."""
         return {
-            "train_cutoffs": (
-                f"{self.train_cutoffs[0].isoformat()} .. {self.train_cutoffs[-1].isoformat()}"
-            ),
+            "train_cutoffs": _span(self.train_cutoffs),
             "n_train_cutoffs": str(len(self.train_cutoffs)),
-            "validation_cutoff": self.validation_cutoff.isoformat(),
-            "test_cutoff": self.test_cutoff.isoformat(),
+            "validation_cutoffs": _span(self.validation_cutoffs),
+            "n_validation_cutoffs": str(len(self.validation_cutoffs)),
+            "promotion_cutoffs": _span(self.promotion_cutoffs),
+            "n_promotion_cutoffs": str(len(self.promotion_cutoffs)),
             "horizon": str(self.horizon),
+            "lookback_complete": str(self.lookback_complete).lower(),
         }
+
+
+def _span(cutoffs: tuple[datetime, ...]) -> str:
+    if len(cutoffs) == 1:
+        return cutoffs[0].isoformat()
+    return f"{cutoffs[0].isoformat()} .. {cutoffs[-1].isoformat()}"
 
 
 def _to_datetimes(values: pd.Series) -> list[datetime]:
     return [pd.Timestamp(value).to_pydatetime() for value in values]
 
 
-def choose_time_split(cutoffs: pd.DataFrame) -> TimeSplit:
-    """Train, validation and test cutoffs from `marts.cutoffs` (see `ml.dataset.load_cutoffs`).
+def choose_time_split(
+    cutoffs: pd.DataFrame,
+    n_validation: int = DEFAULT_VALIDATION_CUTOFFS,
+    n_promotion: int = DEFAULT_PROMOTION_CUTOFFS,
+    max_train_cutoffs: int = 0,
+) -> TimeSplit:
+    """The three roles from `marts.cutoffs` (see `ml.dataset.load_cutoffs`).
 
-    test: the latest cutoff whose horizon is complete (its labels are final).
-    validation: the latest cutoff with validation + horizon <= test.
-    train: every cutoff with cutoff + horizon <= validation.
-    Raises ValueError when the cutoffs cannot hold all three.
+    promotion: the latest `n_promotion` cutoffs with a complete label window.
+    validation: the latest `n_validation` cutoffs whose label windows end by the first
+    promotion cutoff. train: every cutoff whose label window ends by the first validation
+    cutoff (the latest `max_train_cutoffs` of them when that is positive).
+    Only cutoffs with a complete lookback are used when they can fill all three roles.
+    Raises ValueError, saying how many cutoffs are needed, when the data cannot hold them.
     """
-    required = {"cutoff_time", "horizon_end", "horizon_complete"}
+    required = {"cutoff_time", "horizon_end", "horizon_complete", "lookback_complete"}
     missing = required - set(cutoffs.columns)
     if missing:
         raise ValueError(f"cutoffs lacks the columns {sorted(missing)}; pass marts.cutoffs.")
     if cutoffs.empty:
         raise ValueError("There are no cutoffs: the warehouse holds no events yet.")
+    if n_validation < 1 or n_promotion < 1 or max_train_cutoffs < 0:
+        raise ValueError("n_validation and n_promotion must be >= 1, max_train_cutoffs >= 0.")
 
     ordered = cutoffs.sort_values("cutoff_time")
     times = _to_datetimes(ordered["cutoff_time"])
@@ -74,42 +119,86 @@ def choose_time_split(cutoffs: pd.DataFrame) -> TimeSplit:
     if horizon <= timedelta(0):
         raise ValueError(f"The horizon must be positive, found {horizon}.")
 
-    complete = [t for t, done in zip(times, ordered["horizon_complete"], strict=True) if done]
-    too_few = _too_few_cutoffs_message(times, horizon, n_complete=len(complete))
-    if not complete:
-        raise ValueError(too_few)
-    test = max(complete)
-    before_test = [t for t in times if t + horizon <= test]
-    if not before_test:
-        raise ValueError(too_few)
-    validation = max(before_test)
-    train = tuple(t for t in times if t + horizon <= validation)
-    if not train:
-        raise ValueError(too_few)
+    label_complete = dict(zip(times, ordered["horizon_complete"].astype(bool), strict=True))
+    history_complete = [
+        t for t, done in zip(times, ordered["lookback_complete"].astype(bool), strict=True) if done
+    ]
+    roles = _roles(history_complete, label_complete, horizon, n_validation, n_promotion)
+    warning = ""
+    if roles is None:
+        roles = _roles(times, label_complete, horizon, n_validation, n_promotion)
+        if roles is None:
+            raise ValueError(
+                _too_few_cutoffs_message(
+                    times, horizon, sum(label_complete.values()), n_validation, n_promotion
+                )
+            )
+        warning = (
+            f"only {len(history_complete)} of {len(times)} cutoffs have a complete lookback, too "
+            "few for the tuning and promotion roles: cutoffs that see less history than the "
+            "scored cutoff are used (the days_of_history feature tells the model). Ingest more "
+            "days of events or use a shorter lookback."
+        )
+    train, validation, promotion = roles
+    if max_train_cutoffs:
+        train = train[-max_train_cutoffs:]
     return TimeSplit(
-        train_cutoffs=train, validation_cutoff=validation, test_cutoff=test, horizon=horizon
+        train_cutoffs=tuple(train),
+        validation_cutoffs=tuple(validation),
+        promotion_cutoffs=tuple(promotion),
+        horizon=horizon,
+        history_warning=warning,
     )
 
 
-def _too_few_cutoffs_message(times: list[datetime], horizon: timedelta, n_complete: int) -> str:
-    """How many cutoffs a split needs: one train, validation and test cutoff, each one horizon
-    after the one before, plus the cutoffs after test whose horizon is still open."""
+def _roles(
+    candidates: list[datetime],
+    label_complete: dict[datetime, bool],
+    horizon: timedelta,
+    n_validation: int,
+    n_promotion: int,
+) -> tuple[list[datetime], list[datetime], list[datetime]] | None:
+    """(train, validation, promotion) from `candidates`, or None when they cannot fill all."""
+    complete = [t for t in candidates if label_complete[t]]
+    if len(complete) < n_promotion:
+        return None
+    promotion = complete[-n_promotion:]
+    validation = [t for t in candidates if t + horizon <= promotion[0]][-n_validation:]
+    if len(validation) < n_validation:
+        return None
+    train = [t for t in candidates if t + horizon <= validation[0]]
+    if not train:
+        return None
+    return train, validation, promotion
+
+
+def _too_few_cutoffs_message(
+    times: list[datetime],
+    horizon: timedelta,
+    n_complete: int,
+    n_validation: int,
+    n_promotion: int,
+) -> str:
+    """How many cutoffs the roles need: one train cutoff, a horizon's gap, the validation
+    cutoffs, a gap, the promotion cutoffs, then the cutoffs until their labels are complete."""
     steps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
     step = min(steps) if steps else horizon
-    steps_per_horizon = max(1, round(horizon / step))
-    needed = 3 * steps_per_horizon + 1
+    per_horizon = max(1, round(horizon / step))
+    needed = 1 + per_horizon + (n_validation - 1) + per_horizon + (n_promotion - 1) + per_horizon
     return (
-        f"Cannot split by time: a {horizon} horizon with cutoffs every {step} needs at least "
-        f"{needed} consecutive cutoffs (train, validation and test one horizon apart, then "
-        f"{steps_per_horizon} more until the test labels are complete); there are {len(times)} "
-        f"cutoffs, {n_complete} of them with a complete horizon. Ingest more days of events or "
-        f"use a shorter horizon."
+        f"Cannot assign the roles of time: a {horizon} horizon with cutoffs every {step}, "
+        f"{n_validation} validation and {n_promotion} promotion cutoffs need at least {needed} "
+        f"consecutive cutoffs (train, validation and promotion one horizon apart, then "
+        f"{per_horizon} more until the promotion labels are complete); there are {len(times)} "
+        f"cutoffs, {n_complete} of them with a complete label window. Ingest more days of "
+        f"events, use a shorter horizon, or fewer validation/promotion cutoffs."
     )
 
 
 @dataclass(frozen=True)
 class SplitData:
-    """Model inputs per split. X frames hold exactly `feature_columns`; y arrays are int 0/1.
+    """Model inputs per role. X frames hold exactly `feature_columns`; y arrays are int 0/1;
+    keys_* hold user_id and cutoff_time row for row (the user is the bootstrap's unit).
 
     `sequences_*` hold the SEQUENCE_COLUMNS row for row with X when the features were loaded
     with sequences, else None. `model_input` joins the two: the frame every registered model
@@ -120,52 +209,50 @@ class SplitData:
     y_train: np.ndarray
     X_validation: pd.DataFrame
     y_validation: np.ndarray
-    X_test: pd.DataFrame
-    y_test: np.ndarray
-    keys_test: pd.DataFrame
+    X_promotion: pd.DataFrame
+    y_promotion: np.ndarray
+    keys_promotion: pd.DataFrame
     feature_columns: list[str]
     split: TimeSplit
     sequences_train: pd.DataFrame | None = None
     sequences_validation: pd.DataFrame | None = None
-    sequences_test: pd.DataFrame | None = None
+    sequences_promotion: pd.DataFrame | None = None
 
     def model_input(self, name: str) -> pd.DataFrame:
-        """Features and, when loaded, sequences of split `name` ("train", "validation", "test")."""
-        if name not in ("train", "validation", "test"):
-            raise ValueError(f"Unknown split {name!r}; use train, validation or test")
+        """Features and, when loaded, sequences of split `name` (train, validation, promotion)."""
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"Unknown split {name!r}; use one of {SPLIT_NAMES}")
         features = getattr(self, f"X_{name}")
         sequences = getattr(self, f"sequences_{name}")
         return features if sequences is None else pd.concat([features, sequences], axis=1)
 
     def row_counts(self) -> dict[str, int]:
-        """Rows and positives per split, for lineage (MLflow params, Dagster metadata)."""
+        """Rows, buyers and (promotion) users per role, for lineage (MLflow, Dagster)."""
         counts: dict[str, int] = {}
-        for name, y in [
-            ("train", self.y_train),
-            ("validation", self.y_validation),
-            ("test", self.y_test),
-        ]:
+        for name in SPLIT_NAMES:
+            y = getattr(self, f"y_{name}")
             counts[f"{name}_rows"] = int(len(y))
             counts[f"{name}_positives"] = int(np.sum(y))
+        counts["promotion_users"] = int(self.keys_promotion["user_id"].nunique())
         return counts
 
 
 def split_by_time(data: LabeledFeatures, split: TimeSplit) -> SplitData:
-    """Rows of each split's cutoffs. Only rows with a complete horizon are used: the others have
-    labels that may still turn positive. Rows of cutoffs in no split (the gaps) are dropped."""
+    """Rows of each role's cutoffs. Only rows with a complete horizon are used: the others have
+    labels that may still turn positive. Rows of cutoffs in no role (the gaps) are dropped."""
     frame = data.frame[data.frame["horizon_complete"]]
     cutoff_times = frame["cutoff_time"]
 
-    def rows_at(cutoffs: list[datetime], name: str) -> pd.DataFrame:
-        rows = frame[cutoff_times.isin(pd.to_datetime(cutoffs))].reset_index(drop=True)
+    def rows_at(cutoffs: tuple[datetime, ...], name: str) -> pd.DataFrame:
+        rows = frame[cutoff_times.isin(pd.to_datetime(list(cutoffs)))].reset_index(drop=True)
         if rows.empty:
             shown = ", ".join(c.isoformat() for c in cutoffs)
-            raise ValueError(f"The {name} split ({shown}) has no rows with a complete horizon.")
+            raise ValueError(f"The {name} role ({shown}) has no rows with a complete horizon.")
         return rows
 
-    train = rows_at(list(split.train_cutoffs), "train")
-    validation = rows_at([split.validation_cutoff], "validation")
-    test = rows_at([split.test_cutoff], "test")
+    train = rows_at(split.train_cutoffs, "train")
+    validation = rows_at(split.validation_cutoffs, "validation")
+    promotion = rows_at(split.promotion_cutoffs, "promotion")
     columns = list(data.feature_columns)
     has_sequences = all(column in frame.columns for column in SEQUENCE_COLUMNS)
 
@@ -177,12 +264,12 @@ def split_by_time(data: LabeledFeatures, split: TimeSplit) -> SplitData:
         y_train=train[LABEL_COLUMN].to_numpy(dtype=np.int64),
         X_validation=validation[columns],
         y_validation=validation[LABEL_COLUMN].to_numpy(dtype=np.int64),
-        X_test=test[columns],
-        y_test=test[LABEL_COLUMN].to_numpy(dtype=np.int64),
-        keys_test=test[list(KEY_COLUMNS)],
+        X_promotion=promotion[columns],
+        y_promotion=promotion[LABEL_COLUMN].to_numpy(dtype=np.int64),
+        keys_promotion=promotion[list(KEY_COLUMNS)],
         feature_columns=columns,
         split=split,
         sequences_train=sequences(train),
         sequences_validation=sequences(validation),
-        sequences_test=sequences(test),
+        sequences_promotion=sequences(promotion),
     )

@@ -1,8 +1,10 @@
 """MLflow bookkeeping: where runs go, and everything one final model leaves behind.
 
-MLflow is the record of models: a final run holds the metrics of the model and its baselines,
-the plots, a comparison table, lineage tags, a model card and the pyfunc model itself, registered
-as a new version of `purchase-propensity`. Nothing else stores or pickles models.
+MLflow is the record of models: a final run holds the metrics of the model and its baselines on
+the promotion window, each with its user-level interval (`<metric>_ci_low`/`_ci_high`), the
+paired differences, the segment table, the calibration before and after, the plots, lineage tags
+naming each role's cutoffs, a model card and the pyfunc model itself (calibration included),
+registered as a new version of `purchase-propensity`. Nothing else stores or pickles models.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
 
 from ml.dataset import SEQUENCE_COLUMNS
-from ml.evaluation import comparison_table
+from ml.evaluation.bootstrap import BOOTSTRAP_METRICS
+from ml.evaluation.final import FinalEvaluation
 from ml.propensity_model import BOOSTER_ARTIFACT, PropensityModel
 from ml.registry import MODEL_NAME
 from ml.settings import PROJECT_ROOT
@@ -44,8 +47,12 @@ FAMILY = PropensityModel.family
 # the PythonModel is pickled by reference). Listed rather than inferred: MLflow's inference runs
 # the model in a subprocess and takes seconds per model.
 MODEL_REQUIREMENTS = ("mlflow", "xgboost", "numpy", "pandas", "cloudpickle")
-# Metrics shown in the model card's table, when present.
-CARD_METRICS = ("pr_auc", "roc_auc", "precision_at_k", "lift_at_k", "brier", "log_loss")
+# What each role of time is used for, in the model card and README's words.
+ROLE_USES = {
+    "train": "fitting (resampling touches only these rows)",
+    "validation": "Optuna's objective, early stopping, the decision threshold and calibration",
+    "promotion": "only the promotion gate and the figures below",
+}
 
 
 @dataclass(frozen=True)
@@ -113,71 +120,115 @@ def metric_values(metrics_by_model: Mapping[str, Mapping[str, Any]], prefix: str
 
 
 def lineage_tags(data: SplitData) -> dict[str, str]:
-    """Which data made the model: split cutoffs, rows per split and the code's git commit."""
+    """Which data made the model: each role's cutoffs, rows and buyers, and the git commit."""
     tags = {f"split_{key}": value for key, value in data.split.describe().items()}
     tags.update({f"rows_{key}": str(value) for key, value in data.row_counts().items()})
     tags["n_features"] = str(len(data.feature_columns))
     tags["git_commit"] = git_commit()
+    if data.split.history_warning:
+        tags["history_warning"] = data.split.history_warning[:500]
     return tags
+
+
+def evaluation_metrics(evaluation: FinalEvaluation) -> dict[str, float]:
+    """Flat MLflow metrics of a final evaluation.
+
+    The family's own promotion-window figures as `promotion_<metric>` with `_ci_low`/`_ci_high`;
+    every model's as `promotion_<model>_<metric>` (same suffixes); the paired PR-AUC differences
+    as `promotion_pr_auc_minus_<model>`; validation point metrics as `validation_<model>_<metric>`;
+    the raw score's calibration error as `promotion_ece_raw`.
+    """
+    metrics: dict[str, float] = {}
+
+    def put(prefix: str, interval) -> None:
+        for suffix, value in (
+            ("", interval.estimate),
+            ("_ci_low", interval.low),
+            ("_ci_high", interval.high),
+        ):
+            if math.isfinite(value):
+                metrics[f"{prefix}{suffix}"] = float(value)
+
+    window = evaluation.window
+    for model, intervals in window.intervals.items():
+        for name in BOOTSTRAP_METRICS:
+            put(f"promotion_{model}_{name}", intervals[name])
+            if model == evaluation.model:
+                put(f"promotion_{name}", intervals[name])
+    for model, difference in window.differences.items():
+        put(f"promotion_pr_auc_minus_{model}", difference)
+    put("promotion_ece_raw", evaluation.ece_raw)
+    metrics["promotion_mean_score"] = evaluation.mean_score
+    metrics["promotion_buyer_rate"] = evaluation.buyer_rate
+    metrics["threshold"] = evaluation.thresholds[evaluation.model]
+    metrics.update(metric_values(evaluation.validation_metrics, "validation"))
+    return metrics
 
 
 def model_card(
     data: SplitData,
-    test_metrics: Mapping[str, Mapping[str, Any]],
+    evaluation: FinalEvaluation,
     params: Mapping[str, Any],
     primary_model: str = FAMILY,
-    threshold: float | None = None,
 ) -> str:
-    """A short markdown card: what the model predicts, on which data, how well, and its limits."""
-    split = data.split.describe()
+    """A markdown card: what the model predicts, which window played which role, how well it
+    does with intervals, by segment, how calibrated it is, and its limits."""
+    split = data.split
     counts = data.row_counts()
-    models = list(test_metrics)
-    shown = [m for m in CARD_METRICS if any(m in test_metrics[model] for model in models)]
-    header = "| model | " + " | ".join(shown) + " |"
-    rule = "|---|" + "---|" * len(shown)
-    rows = [
-        f"| {model} | "
-        + " | ".join(_format_number(test_metrics[model].get(m)) for m in shown)
-        + " |"
-        for model in models
-    ]
-    base_rate = counts["test_positives"] / max(counts["test_rows"], 1)
+    described = split.describe()
+    role_lines = []
+    for role in ("train", "validation", "promotion"):
+        role_lines.append(
+            f"- {role}: {described[f'{role}_cutoffs']} ({described[f'n_{role}_cutoffs']} "
+            f"cutoffs, {counts[f'{role}_rows']:,} rows, {counts[f'{role}_positives']:,} buyers): "
+            f"{ROLE_USES[role]}"
+        )
+    interval = evaluation.promotion
     strategy = params.get("strategy", "unknown")
     lines = [
         f"# {MODEL_NAME} ({primary_model})",
         "",
         "## What it predicts",
-        f"The probability that a shopper makes a purchase within {_duration(data.split.horizon)} "
-        "after a cutoff, from point-in-time features built only from events before that cutoff.",
+        f"The probability that a shopper makes a purchase within {_duration(split.horizon)} "
+        "after a cutoff, from point-in-time features built only from events before that cutoff. "
+        f"Scores are calibrated ({evaluation.calibrator.method}) on the validation cutoffs.",
         "",
-        "## Data window",
-        f"- train cutoffs: {split['train_cutoffs']} ({split['n_train_cutoffs']} cutoffs, "
-        f"{counts['train_rows']} rows, {counts['train_positives']} buyers)",
-        f"- validation cutoff: {split['validation_cutoff']} ({counts['validation_rows']} rows, "
-        f"{counts['validation_positives']} buyers); used for early stopping, tuning and the "
-        "threshold",
-        f"- test cutoff: {split['test_cutoff']} ({counts['test_rows']} rows, "
-        f"{counts['test_positives']} buyers, base rate {base_rate:.2%}); used only for the "
-        "numbers below and for promotion",
+        "## Roles of time",
+        *role_lines,
+        f"- label windows of one role end before the next role starts (horizon "
+        f"{_duration(split.horizon)}); cutoffs in the gaps are unused. "
+        f"{counts['promotion_users']:,} distinct users in the promotion window.",
         f"- features: {len(data.feature_columns)}; git commit {git_commit()}",
+        *(
+            [f"- history: {split.history_warning}"]
+            if split.history_warning
+            else ["- history: every cutoff used sees a complete lookback window"]
+        ),
         "",
-        "## Test metrics against baselines",
-        header,
-        rule,
-        *rows,
+        "## Promotion window: model and baselines (95 % intervals resample users)",
+        evaluation.window.markdown(),
+        "",
+        "## By segment (PR-AUC, promotion window)",
+        evaluation.segments.to_markdown(index=False),
+        "",
+        "## Calibration (promotion window)",
+        f"- mean calibrated score {evaluation.mean_score:.4f}, observed buyer rate "
+        f"{evaluation.buyer_rate:.4f}",
+        f"- expected calibration error: raw {evaluation.ece_raw.text(4)}, calibrated "
+        f"{interval['ece'].text(4)}",
         "",
         "## Caveats",
-        "- The test window is a single cutoff; its numbers move from one cutoff to the next.",
+        "- Every challenger of a night is judged on the same promotion window, so a champion's "
+        "figure there is the best of several tries (winner's curse); the untouched estimate of a "
+        "deployed model is its served predictions checked once their labels mature.",
         "- Shoppers without any events before a cutoff have no features and get no score.",
+        f"- The decision threshold {evaluation.thresholds[evaluation.model]:.4f} was chosen on "
+        "the validation cutoffs.",
     ]
-    if strategy != "none":
+    if strategy not in ("none", "unknown"):
         lines.append(
-            f"- Training rows were rebalanced (`{strategy}`): scores rank shoppers, but they "
-            "overstate the probability of buying."
-        )
-    if threshold is not None:
-        lines.append(
-            f"- The decision threshold {threshold:.4f} was chosen on the validation cutoff."
+            f"- Training rows were rebalanced (`{strategy}`); the calibration maps the raw "
+            "scores, which overstate the probability of buying, back to probabilities."
         )
     return "\n".join(lines) + "\n"
 
@@ -187,10 +238,6 @@ def _duration(value: timedelta) -> str:
     if value % timedelta(days=1) == timedelta(0):
         return f"{value.days} day" + ("s" if value.days != 1 else "")
     return str(value)
-
-
-def _format_number(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, int | float) and math.isfinite(value) else "-"
 
 
 @contextmanager
@@ -207,11 +254,9 @@ def _active_or_new_run(run_name: str) -> Iterator[mlflow.ActiveRun]:
 def log_final_model(
     booster: xgb.Booster,
     data: SplitData,
-    test_metrics: Mapping[str, Mapping[str, Any]],
+    evaluation: FinalEvaluation,
     params: Mapping[str, Any],
     plot_paths: Sequence[Path] = (),
-    validation_metrics: Mapping[str, Mapping[str, Any]] | None = None,
-    threshold: float | None = None,
     tags: Mapping[str, str] | None = None,
     registered_model_name: str = MODEL_NAME,
     run_name: str = "xgboost-final",
@@ -219,9 +264,9 @@ def log_final_model(
     """Logs the final XGBoost model and its evidence into the active run (or a new one), and
     registers it as a new version of `registered_model_name` with the tag family=xgboost.
 
-    `test_metrics` maps model name ("xgboost", "logistic_regression", ...) to the metrics of
-    `ml.evaluation.evaluate` on the test split; they are logged as `test_<model>_<metric>`.
-    Each plot is logged as `plots/<its folder name>/<file name>`.
+    `evaluation` (`ml.evaluation.final.evaluate_final_model`) holds the calibration, which goes
+    into the pyfunc, and the figures (see `evaluation_metrics`). Each plot is logged as
+    `plots/<its folder name>/<file name>`.
     """
 
     def save_booster(work: Path) -> dict[str, str]:
@@ -232,17 +277,17 @@ def log_final_model(
     sample = data.X_train.head(200)
     return _log_model_with_evidence(
         family=FAMILY,
-        python_model=PropensityModel(data.feature_columns),
+        python_model=PropensityModel(
+            data.feature_columns, calibration=evaluation.calibrator.to_dict()
+        ),
         save_artifacts=save_booster,
         signature=feature_signature(sample, predict_proba(booster, sample)),
         input_example=data.X_train.head(5),
         requirements=_pinned(MODEL_REQUIREMENTS),
         data=data,
-        test_metrics=test_metrics,
+        evaluation=evaluation,
         params=params,
         plot_paths=plot_paths,
-        validation_metrics=validation_metrics,
-        threshold=threshold,
         tags=tags,
         registered_model_name=registered_model_name,
         run_name=run_name,
@@ -252,11 +297,9 @@ def log_final_model(
 def log_sequence_model(
     trained: TrainedSequenceModel,
     data: SplitData,
-    test_metrics: Mapping[str, Mapping[str, Any]],
+    evaluation: FinalEvaluation,
     params: Mapping[str, Any],
     plot_paths: Sequence[Path] = (),
-    validation_metrics: Mapping[str, Mapping[str, Any]] | None = None,
-    threshold: float | None = None,
     tags: Mapping[str, str] | None = None,
     registered_model_name: str = MODEL_NAME,
     run_name: str = "torch-seq-final",
@@ -289,17 +332,17 @@ def log_sequence_model(
     sample = data.model_input("train").head(200)
     return _log_model_with_evidence(
         family=SequencePropensityModel.family,
-        python_model=SequencePropensityModel(trained.feature_columns),
+        python_model=SequencePropensityModel(
+            trained.feature_columns, calibration=evaluation.calibrator.to_dict()
+        ),
         save_artifacts=lambda work: save_sequence_artifacts(trained, work / "torch"),
         signature=sequence_signature(sample, predict_sequence_proba(trained, sample)),
         input_example=sample.head(5),
         requirements=_pinned((*MODEL_REQUIREMENTS, "torch")),
         data=data,
-        test_metrics=test_metrics,
+        evaluation=evaluation,
         params=logged_params,
         plot_paths=plot_paths,
-        validation_metrics=validation_metrics,
-        threshold=threshold,
         tags=tags,
         registered_model_name=registered_model_name,
         run_name=run_name,
@@ -321,11 +364,9 @@ def _log_model_with_evidence(
     input_example: pd.DataFrame,
     requirements: list[str],
     data: SplitData,
-    test_metrics: Mapping[str, Mapping[str, Any]],
+    evaluation: FinalEvaluation,
     params: Mapping[str, Any],
     plot_paths: Sequence[Path],
-    validation_metrics: Mapping[str, Mapping[str, Any]] | None,
-    threshold: float | None,
     tags: Mapping[str, str] | None,
     registered_model_name: str,
     run_name: str,
@@ -336,19 +377,18 @@ def _log_model_with_evidence(
     with _active_or_new_run(run_name) as run, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         mlflow.log_params(dict(params))
-        metrics = metric_values(test_metrics, "test")
-        if validation_metrics:
-            metrics.update(metric_values(validation_metrics, "validation"))
-        if threshold is not None:
-            metrics["threshold"] = float(threshold)
-        mlflow.log_metrics(metrics)
+        mlflow.log_params({"calibration_method": evaluation.calibrator.method})
+        mlflow.log_metrics(evaluation_metrics(evaluation))
         mlflow.set_tags({**lineage_tags(data), "family": family, **(tags or {})})
 
         for path in plot_paths:
             # Under the plot's folder name: save_evaluation_plots uses one folder per model.
             mlflow.log_artifact(str(path), artifact_path=f"plots/{Path(path).parent.name}")
-        _log_comparison_table(comparison_table(dict(test_metrics)), work)
-        card = model_card(data, test_metrics, params, primary_model=family, threshold=threshold)
+        _log_comparison_table(evaluation.window.table(), work)
+        mlflow.log_text(evaluation.window.markdown(), "comparison_table.md")
+        mlflow.log_text(evaluation.segments.to_markdown(index=False), "segments.md")
+        mlflow.log_dict(evaluation.calibrator.to_dict(), "calibration.json")
+        card = model_card(data, evaluation, params, primary_model=family)
         mlflow.log_text(card, "model_card.md")
 
         model_info = mlflow.pyfunc.log_model(
@@ -404,11 +444,10 @@ def sequence_signature(model_input: pd.DataFrame, probabilities: np.ndarray) -> 
 
 
 def _log_comparison_table(table: pd.DataFrame, work: Path) -> None:
-    """The model comparison as CSV, as markdown, and as an MLflow table for the UI."""
+    """The model comparison as CSV and as an MLflow table for the UI."""
     csv_path = work / "comparison_table.csv"
     table.to_csv(csv_path, index=False)
     mlflow.log_artifact(str(csv_path))
-    mlflow.log_text(table.to_markdown(index=False, floatfmt=".4f"), "comparison_table.md")
     try:
         mlflow.log_table(table, artifact_file="comparison_table.json")
     except Exception as error:  # the CSV and markdown already hold the same numbers

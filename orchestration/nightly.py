@@ -208,15 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     if not night.success:
         print(f"nightly_retraining failed (run {night.run_id}); see `make ui` for the logs.")
         return 1
+    reasons = {str(v.version): v.tags.get("promotion_reason", "") for v in registered_versions()}
     print(
         f"\nnightly_retraining succeeded (run {night.run_id})\n"
         f"  new day {night.new_day}: {night.events:,} events; cutoff {night.cutoff} UTC\n"
         + "".join(
             f"  {MODEL_NAME} version {version} ({family}): {decision}\n"
+            f"    {reasons.get(version, '')}\n"
             for version, family, decision in night.new_versions
         )
-        + f"  newest: {night.reason}\n"
-        f"  {MODEL_NAME}@{CHAMPION} = version {night.champion}"
+        + f"  {MODEL_NAME}@{CHAMPION} = version {night.champion}"
     )
     return 0
 

@@ -44,10 +44,11 @@ def shop_day(shop: dict, day: int) -> date:
 
 
 class SyntheticEventsConfig(dg.Config):
-    """The simulated shop: same seed, same events."""
+    """The simulated shop: same seed, same events. 60 days, so that with the 30-day lookback
+    every cutoff the training roles use sees a complete history, as the scored cutoff does."""
 
     n_users: int = 20_000
-    days: int = 30
+    days: int = 60
     start_day: int = 0
     seed: int = 42
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
+from ml.splits import DEFAULT_PROMOTION_CUTOFFS, DEFAULT_VALIDATION_CUTOFFS
 from orchestration.project import dbt_project
 
 # DuckDB allows one process to open the warehouse for writing, and a read-only opener fails while
@@ -21,5 +22,21 @@ def dbt_executable() -> str:
     return str(beside_python) if beside_python.exists() else shutil.which("dbt") or "dbt"
 
 
+class TimeRolesResource(dg.ConfigurableResource):
+    """Which cutoffs play which role (ml.splits.choose_time_split), shared by every training
+    asset of a run so that the study, the final models and the gate see the same windows.
+
+    max_train_cutoffs: 0 trains on every train cutoff; N on the latest N (neighbouring daily
+    cutoffs hold nearly the same rows, so a cap costs little and bounds the training time).
+    """
+
+    n_validation_cutoffs: int = DEFAULT_VALIDATION_CUTOFFS
+    n_promotion_cutoffs: int = DEFAULT_PROMOTION_CUTOFFS
+    max_train_cutoffs: int = 0
+
+
 def build_resources() -> dict[str, dg.ConfigurableResource]:
-    return {"dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable())}
+    return {
+        "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
+        "time_roles": TimeRolesResource(),
+    }

@@ -16,8 +16,7 @@ import pytest
 import xgboost as xgb
 from playwright.sync_api import Page, expect
 
-from ml.baselines import base_rate_scores
-from ml.evaluation import evaluate
+from ml.evaluation.final import evaluate_final_model
 from ml.registry import CHALLENGER, CHAMPION, MODEL_NAME, promote
 from ml.tracking import DEFAULT_EXPERIMENT, configure_mlflow, log_final_model
 from ml.xgb import predict_proba, train_xgb
@@ -57,14 +56,12 @@ def build_store(tracking_uri: str, artifacts: Path) -> dict[str, str]:
                 num_boost_round=60,
                 early_stopping_rounds=10,
             )
-        metrics = {
-            "xgboost": evaluate(data.y_test, predict_proba(booster, data.X_test), threshold=0.2),
-            "base_rate": evaluate(
-                data.y_test, base_rate_scores(data.y_train, len(data.y_test)), threshold=0.2
-            ),
-        }
-        logged = log_final_model(booster, data, metrics, {"strategy": "none", **params})
-        promote(client, logged.version, data.X_test, data.y_test)
+        evaluation = evaluate_final_model(
+            data, "xgboost", lambda X, b=booster: predict_proba(b, X), n_resamples=100
+        )
+        logged = log_final_model(booster, data, evaluation, {"strategy": "none", **params})
+        users = data.keys_promotion["user_id"].to_numpy()
+        promote(client, logged.version, data.X_promotion, data.y_promotion, users)
     aliases = client.get_registered_model(MODEL_NAME).aliases
     return {alias: str(version) for alias, version in aliases.items()}
 

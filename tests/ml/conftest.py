@@ -86,33 +86,44 @@ def make_split_data(
     rng = np.random.default_rng(seed)
     X_train, y_train = synthetic_rows(n_train, rng)
     X_validation, y_validation = synthetic_rows(n_eval, rng)
-    X_test, y_test = synthetic_rows(n_eval, rng)
-    sequences: dict[str, pd.DataFrame | None] = dict.fromkeys(("train", "validation", "test"))
+    X_promotion, y_promotion = synthetic_rows(n_eval, rng)
+    sequences: dict[str, pd.DataFrame | None] = dict.fromkeys(("train", "validation", "promotion"))
     if with_sequences:
         sequence_rng = np.random.default_rng(seed + 1_000)
-        for name, y in (("train", y_train), ("validation", y_validation), ("test", y_test)):
+        for name, y in (
+            ("train", y_train),
+            ("validation", y_validation),
+            ("promotion", y_promotion),
+        ):
             sequences[name] = synthetic_sequences(y, sequence_rng)
     start = datetime(2025, 9, 1)
     split = TimeSplit(
         train_cutoffs=tuple(start + timedelta(days=d) for d in range(5)),
-        validation_cutoff=start + timedelta(days=9),
-        test_cutoff=start + timedelta(days=13),
+        validation_cutoffs=tuple(start + timedelta(days=d) for d in (8, 9)),
+        promotion_cutoffs=tuple(start + timedelta(days=d) for d in (12, 13)),
         horizon=timedelta(days=3),
     )
-    keys_test = pd.DataFrame({"user_id": np.arange(n_eval), "cutoff_time": split.test_cutoff})
+    # The promotion rows are two cutoffs of the same n_eval / 2 users, as in the warehouse.
+    half = n_eval // 2
+    keys_promotion = pd.DataFrame(
+        {
+            "user_id": np.tile(np.arange(half), 2)[:n_eval],
+            "cutoff_time": np.repeat(split.promotion_cutoffs, [half, n_eval - half]),
+        }
+    )
     return SplitData(
         X_train=X_train,
         y_train=y_train,
         X_validation=X_validation,
         y_validation=y_validation,
-        X_test=X_test,
-        y_test=y_test,
-        keys_test=keys_test,
+        X_promotion=X_promotion,
+        y_promotion=y_promotion,
+        keys_promotion=keys_promotion,
         feature_columns=list(FEATURES),
         split=split,
         sequences_train=sequences["train"],
         sequences_validation=sequences["validation"],
-        sequences_test=sequences["test"],
+        sequences_promotion=sequences["promotion"],
     )
 
 

@@ -19,7 +19,9 @@ from tests.ml.test_dataset import build_small_warehouse
 def warehouse_split(tmp_path_factory: pytest.TempPathFactory) -> SplitData:
     warehouse: Path = build_small_warehouse(tmp_path_factory)
     return split_by_time(
-        load_labeled_features(warehouse), choose_time_split(load_cutoffs(warehouse))
+        load_labeled_features(warehouse),
+        # 14 days with a 3-day horizon: room for two validation and two promotion cutoffs.
+        choose_time_split(load_cutoffs(warehouse), n_validation=2, n_promotion=2),
     )
 
 
@@ -41,14 +43,14 @@ def toy_frame(n_negative: int, n_positive: int, seed: int = 0) -> tuple[pd.DataF
 def test_only_the_training_rows_change(warehouse_split: SplitData, strategy: str) -> None:
     before = {
         name: fingerprint(getattr(warehouse_split, name))
-        for name in ["X_train", "X_validation", "X_test", "keys_test"]
+        for name in ["X_train", "X_validation", "X_promotion", "keys_promotion"]
     }
     y_before = {
         name: getattr(warehouse_split, name).tobytes()
-        for name in ["y_train", "y_validation", "y_test"]
+        for name in ["y_train", "y_validation", "y_promotion"]
     }
     validation_ratio = warehouse_split.y_validation.mean()
-    test_ratio = warehouse_split.y_test.mean()
+    test_ratio = warehouse_split.y_promotion.mean()
 
     resampled = resample_training(
         warehouse_split.X_train, warehouse_split.y_train, strategy, 0.5, seed=1
@@ -59,7 +61,7 @@ def test_only_the_training_rows_change(warehouse_split: SplitData, strategy: str
     for name, value in y_before.items():
         assert getattr(warehouse_split, name).tobytes() == value, name
     assert warehouse_split.y_validation.mean() == validation_ratio < 0.1
-    assert warehouse_split.y_test.mean() == test_ratio < 0.1
+    assert warehouse_split.y_promotion.mean() == test_ratio < 0.1
 
     counts = resampled.counts_after
     assert list(resampled.X.columns) == warehouse_split.feature_columns

@@ -170,10 +170,10 @@ def test_training_never_reads_the_test_split(
 ) -> None:
     poisoned = replace(
         small_data,
-        X_test=Untouchable(),
-        y_test=Untouchable(),
-        sequences_test=Untouchable(),
-        keys_test=None,
+        X_promotion=Untouchable(),
+        y_promotion=Untouchable(),
+        sequences_promotion=Untouchable(),
+        keys_promotion=None,
     )
     model = train_sequence_model(poisoned, SMALL, seed=0, device=CPU)
 
@@ -185,11 +185,11 @@ def test_training_never_reads_the_test_split(
 def test_predict_needs_features_and_sequences_and_ignores_other_columns(
     small_data: SplitData, small_model: TrainedSequenceModel
 ) -> None:
-    frame = small_data.model_input("test")
+    frame = small_data.model_input("promotion")
     expected = predict_proba(small_model, frame)
     assert expected.shape == (len(frame),) and ((expected > 0) & (expected < 1)).all()
 
-    with_keys = frame.assign(user_id=np.arange(len(frame)), purchased=small_data.y_test)
+    with_keys = frame.assign(user_id=np.arange(len(frame)), purchased=small_data.y_promotion)
     np.testing.assert_array_equal(predict_proba(small_model, with_keys), expected)
     with pytest.raises(ValueError, match="prices"):
         predict_proba(small_model, frame.drop(columns=["prices"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from optuna.trial import TrialState
 from ml.seq_model import train_sequence_model
 from ml.seq_tuning import TRAINING_SEED, SeqTuningConfig, load_best_seq_params, tune_sequence_model
 from ml.splits import SplitData
-from ml.tuning import optuna_storage
+from ml.tuning import STOPPED_AT_ATTR, STOPPED_REASON_ATTR, optuna_storage
 from tests.ml.conftest import make_split_data
 from tests.ml.test_tuning import Untouchable
 
@@ -63,7 +64,10 @@ def test_a_study_prunes_trials_and_logs_each_as_a_nested_run(
 ) -> None:
     # The test split is poisoned: any use of it during tuning fails the test.
     poisoned = replace(
-        data, X_test=Untouchable(), y_test=Untouchable(), sequences_test=Untouchable()
+        data,
+        X_promotion=Untouchable(),
+        y_promotion=Untouchable(),
+        sequences_promotion=Untouchable(),
     )
     config = tiny_config(tmp_path / "optuna.journal", n_trials=8)
     messages: list[str] = []
@@ -75,6 +79,7 @@ def test_a_study_prunes_trials_and_logs_each_as_a_nested_run(
     assert result.n_pruned == states.count(TrialState.PRUNED) >= 1
     assert result.n_complete == states.count(TrialState.COMPLETE) >= 2
     assert result.n_pruned + result.n_complete == result.n_trials_this_run == 8
+    assert (result.n_trials_requested, result.timed_out) == (8, False)
     assert sum(m.startswith("trial ") for m in messages) == 8 and "on cpu" in messages[0]
     for trial in trials:
         # One reported value per epoch run; a pruned trial stopped before max_epochs.
@@ -117,3 +122,35 @@ def test_a_study_prunes_trials_and_logs_each_as_a_nested_run(
     trials = load_trials(config)
     assert trials[8].params not in [t.params for t in trials[:8]]
     assert rerun.best_value >= result.best_value
+
+
+def test_the_deadline_cuts_the_trial_in_progress_between_epochs(
+    data: SplitData, mlflow_store: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(tmp_path / "optuna.journal", n_trials=2)
+    assert tune_sequence_model(data, config, log=lambda _: None).n_complete == 2
+    # Trials that would train for many minutes (no early stop, no pruning), a 1 s deadline.
+    epochs = 100_000
+    endless = replace(
+        config, n_trials=3, timeout_s=1.0, pruning=False, max_epochs=epochs, patience=epochs
+    )
+    started = time.monotonic()
+    with mlflow.start_run(run_name="seq-tuning") as parent:
+        result = tune_sequence_model(data, endless, log=lambda _: None)
+    seconds = time.monotonic() - started
+
+    assert seconds < 30
+    assert (result.timed_out, result.n_trials_requested) == (True, 3)
+    assert (result.n_trials_this_run, result.n_complete, result.n_trials_total) == (1, 0, 3)
+    cut = load_trials(config)[2]
+    assert cut.state == TrialState.FAIL
+    assert "timeout of 1s reached" in cut.user_attrs[STOPPED_REASON_ATTR]
+    # Stopped between epochs after a small fraction of them, not after the whole trial.
+    stopped_at = cut.user_attrs[STOPPED_AT_ATTR]
+    assert 0 <= stopped_at < epochs / 10
+    (run,) = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
+    )
+    assert run.info.status == "KILLED"
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "validation_pr_auc")
+    assert len(history) == stopped_at + 1  # every epoch up to the cut ran to its end

@@ -1,5 +1,6 @@
-"""The time split: which cutoffs train, validate and test, and that no label window leaks into
-the next split. Cutoff tables are made by hand with the same rule as dbt's marts.cutoffs."""
+"""The roles of time: which cutoffs tune (train, validation) and which decide promotion, and that
+no label window reaches into the next role. Cutoff tables are made by hand with the same rule as
+dbt's marts.cutoffs."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ START = datetime(2025, 9, 2)
 
 
 def make_cutoffs(
-    n: int, step: timedelta, horizon: timedelta, start: datetime = START
+    n: int,
+    step: timedelta,
+    horizon: timedelta,
+    start: datetime = START,
+    lookback_complete_from: int | None = None,
 ) -> pd.DataFrame:
     """Like marts.cutoffs: a cutoff's horizon is complete when it ends at or before the last
     cutoff, which is the latest one."""
@@ -29,17 +34,27 @@ def make_cutoffs(
             "cutoff_time": pd.to_datetime(times),
             "lookback_start": pd.to_datetime([t - 30 * DAY for t in times]),
             "horizon_end": pd.to_datetime([t + horizon for t in times]),
-            "lookback_complete": False,
+            "lookback_complete": [
+                lookback_complete_from is not None and i >= lookback_complete_from for i in range(n)
+            ],
             "horizon_complete": [t + horizon <= times[-1] for t in times],
             "is_latest": [i == n - 1 for i in range(n)],
         }
     )
 
 
-def assert_no_label_window_overlaps_the_next_split(split: TimeSplit) -> None:
-    for cutoff in split.train_cutoffs:
-        assert cutoff + split.horizon <= split.validation_cutoff
-    assert split.validation_cutoff + split.horizon <= split.test_cutoff
+def assert_roles_apart(split: TimeSplit) -> None:
+    """No label window of one role reaches the next role, and the roles share no cutoff."""
+    assert max(split.train_cutoffs) + split.horizon <= min(split.validation_cutoffs)
+    assert max(split.validation_cutoffs) + split.horizon <= min(split.promotion_cutoffs)
+    everything = split.train_cutoffs + split.validation_cutoffs + split.promotion_cutoffs
+    assert len(set(everything)) == len(everything)
+    for role in (split.train_cutoffs, split.validation_cutoffs, split.promotion_cutoffs):
+        assert list(role) == sorted(role)
+
+
+def days(*numbers: int) -> tuple[datetime, ...]:
+    return tuple(datetime(2025, 9, d) for d in numbers)
 
 
 def test_daily_cutoffs_with_a_seven_day_horizon() -> None:
@@ -48,17 +63,39 @@ def test_daily_cutoffs_with_a_seven_day_horizon() -> None:
     split = choose_time_split(cutoffs)
 
     assert split.horizon == 7 * DAY
-    assert split.test_cutoff == datetime(2025, 9, 24)  # 09-24 + 7 days = 10-01, the last cutoff
-    assert split.validation_cutoff == datetime(2025, 9, 17)
-    assert split.train_cutoffs == tuple(datetime(2025, 9, d) for d in range(2, 11))  # 09-02..09-10
-    assert_no_label_window_overlaps_the_next_split(split)
+    # 09-24 + 7 days = 10-01, the last cutoff: the latest complete label window.
+    assert split.promotion_cutoffs == days(22, 23, 24)
+    assert split.validation_cutoffs == days(13, 14, 15)  # 09-15 + 7 days = 09-22
+    assert split.train_cutoffs == days(2, 3, 4, 5, 6)  # 09-06 + 7 days = 09-13
+    assert_roles_apart(split)
     assert split.describe() == {
-        "train_cutoffs": "2025-09-02T00:00:00 .. 2025-09-10T00:00:00",
-        "n_train_cutoffs": "9",
-        "validation_cutoff": "2025-09-17T00:00:00",
-        "test_cutoff": "2025-09-24T00:00:00",
+        "train_cutoffs": "2025-09-02T00:00:00 .. 2025-09-06T00:00:00",
+        "n_train_cutoffs": "5",
+        "validation_cutoffs": "2025-09-13T00:00:00 .. 2025-09-15T00:00:00",
+        "n_validation_cutoffs": "3",
+        "promotion_cutoffs": "2025-09-22T00:00:00 .. 2025-09-24T00:00:00",
+        "n_promotion_cutoffs": "3",
         "horizon": "7 days, 0:00:00",
+        "lookback_complete": "false",
     }
+    assert "complete lookback" in split.history_warning
+
+
+def test_only_cutoffs_with_a_complete_lookback_when_there_are_enough() -> None:
+    cutoffs = make_cutoffs(40, DAY, 7 * DAY, lookback_complete_from=10)  # 09-12 onwards
+
+    split = choose_time_split(cutoffs)
+
+    assert split.history_warning == "" and split.lookback_complete
+    assert split.train_cutoffs == days(12, 13, 14, 15, 16)
+    assert split.promotion_cutoffs[-1] == datetime(2025, 10, 4)
+    assert_roles_apart(split)
+
+    # Too few complete histories for all three roles: every cutoff is used, with a warning.
+    fallback = choose_time_split(make_cutoffs(40, DAY, 7 * DAY, lookback_complete_from=20))
+    assert fallback.train_cutoffs[0] == START
+    assert not fallback.lookback_complete
+    assert "only 20 of 40 cutoffs have a complete lookback" in fallback.history_warning
 
 
 def test_hourly_cutoffs_with_a_six_hour_horizon() -> None:
@@ -67,10 +104,34 @@ def test_hourly_cutoffs_with_a_six_hour_horizon() -> None:
     split = choose_time_split(cutoffs)
 
     assert split.horizon == 6 * HOUR
-    assert split.test_cutoff == datetime(2025, 9, 3, 17)
-    assert split.validation_cutoff == datetime(2025, 9, 3, 11)
-    assert split.train_cutoffs == tuple(START + i * HOUR for i in range(30))  # up to 09-03 05:00
-    assert_no_label_window_overlaps_the_next_split(split)
+    assert split.promotion_cutoffs == tuple(datetime(2025, 9, 3, h) for h in (15, 16, 17))
+    assert split.validation_cutoffs == tuple(datetime(2025, 9, 3, h) for h in (7, 8, 9))
+    assert split.train_cutoffs == tuple(START + i * HOUR for i in range(26))  # to 09-03 01:00
+    assert_roles_apart(split)
+
+
+@pytest.mark.parametrize(
+    ("step", "horizon", "n_validation", "n_promotion"),
+    [(DAY, 7 * DAY, 3, 3), (DAY, DAY, 2, 4), (HOUR, 6 * HOUR, 3, 3), (DAY, 3 * DAY, 1, 1)],
+)
+def test_the_roles_never_overlap_label_windows_included(
+    step: timedelta, horizon: timedelta, n_validation: int, n_promotion: int
+) -> None:
+    for n in range(10, 70):
+        for complete_from in (None, 5, 20):
+            cutoffs = make_cutoffs(n, step, horizon, lookback_complete_from=complete_from)
+            try:
+                split = choose_time_split(
+                    cutoffs, n_validation=n_validation, n_promotion=n_promotion
+                )
+            except ValueError as error:
+                assert "Cannot assign the roles of time" in str(error)
+                continue
+            assert_roles_apart(split)
+            assert len(split.validation_cutoffs) == n_validation
+            assert len(split.promotion_cutoffs) == n_promotion
+            complete = cutoffs.set_index("cutoff_time")["horizon_complete"]
+            assert all(complete[pd.Timestamp(t)] for t in split.promotion_cutoffs)
 
 
 def test_row_order_of_the_cutoffs_does_not_matter() -> None:
@@ -81,17 +142,27 @@ def test_row_order_of_the_cutoffs_does_not_matter() -> None:
 
 
 def test_the_fewest_cutoffs_that_work_and_one_less() -> None:
-    # Three horizons of 7 daily cutoffs plus one: a single training cutoff.
-    split = choose_time_split(make_cutoffs(22, DAY, 7 * DAY))
+    # 1 train cutoff + 7 gap + 3 validation + 7 gap + 3 promotion + 7 to complete - 2 overlaps.
+    split = choose_time_split(make_cutoffs(26, DAY, 7 * DAY))
     assert split.train_cutoffs == (START,)
-    assert_no_label_window_overlaps_the_next_split(split)
+    assert_roles_apart(split)
 
-    with pytest.raises(ValueError, match=r"at least 22 .*there are 21 cutoffs, 14 of them"):
-        choose_time_split(make_cutoffs(21, DAY, 7 * DAY))
-    with pytest.raises(ValueError, match=r"at least 22 .*there are 5 cutoffs, 0 of them"):
+    with pytest.raises(ValueError, match=r"at least 26 .*there are 25 cutoffs, 18 of them"):
+        choose_time_split(make_cutoffs(25, DAY, 7 * DAY))
+    with pytest.raises(ValueError, match=r"at least 26 .*there are 5 cutoffs, 0 of them"):
         choose_time_split(make_cutoffs(5, DAY, 7 * DAY))
-    with pytest.raises(ValueError, match=r"at least 19 .*there are 18 cutoffs"):
-        choose_time_split(make_cutoffs(18, HOUR, 6 * HOUR))
+    with pytest.raises(ValueError, match=r"at least 23 .*there are 22 cutoffs"):
+        choose_time_split(make_cutoffs(22, HOUR, 6 * HOUR))
+    # Fewer validation and promotion cutoffs fit a shorter file.
+    short = choose_time_split(make_cutoffs(22, DAY, 7 * DAY), n_validation=1, n_promotion=1)
+    assert_roles_apart(short)
+
+
+def test_max_train_cutoffs_keeps_the_latest() -> None:
+    split = choose_time_split(make_cutoffs(40, DAY, 7 * DAY), max_train_cutoffs=4)
+    full = choose_time_split(make_cutoffs(40, DAY, 7 * DAY))
+    assert split.train_cutoffs == full.train_cutoffs[-4:]
+    assert split.promotion_cutoffs == full.promotion_cutoffs
 
 
 def test_cutoffs_with_different_horizons_are_refused() -> None:
@@ -121,31 +192,31 @@ def labeled_rows(cutoffs: pd.DataFrame, users_per_cutoff: int = 3) -> LabeledFea
     return LabeledFeatures(frame=pd.DataFrame(rows), feature_columns=["cutoff_number", "events_7d"])
 
 
-def test_split_by_time_keeps_each_cutoff_in_its_split_and_drops_the_rest() -> None:
+def test_split_by_time_keeps_each_cutoff_in_its_role_and_drops_the_rest() -> None:
     cutoffs = make_cutoffs(30, DAY, 7 * DAY)
     data = labeled_rows(cutoffs)
     split = choose_time_split(cutoffs)
 
     parts = split_by_time(data, split)
 
-    assert sorted(set(parts.X_train["cutoff_number"])) == list(range(0, 9))  # 09-02 .. 09-10
-    assert set(parts.X_validation["cutoff_number"]) == {15}  # 09-17
-    assert set(parts.X_test["cutoff_number"]) == {22}  # 09-24
-    # Gap cutoffs (09-11..09-16, 09-18..09-23) and incomplete ones (09-25..10-01) are dropped.
-    assert len(parts.X_train) == 9 * 3 and len(parts.X_validation) == len(parts.X_test) == 3
+    assert sorted(set(parts.X_train["cutoff_number"])) == list(range(0, 5))  # 09-02 .. 09-06
+    assert set(parts.X_validation["cutoff_number"]) == {11, 12, 13}  # 09-13 .. 09-15
+    assert set(parts.X_promotion["cutoff_number"]) == {20, 21, 22}  # 09-22 .. 09-24
+    # Gap cutoffs and incomplete ones (09-25..10-01) are dropped.
+    assert len(parts.X_train) == 5 * 3 and len(parts.X_validation) == len(parts.X_promotion) == 9
     assert list(parts.X_train.columns) == ["cutoff_number", "events_7d"]
-    assert parts.X_train["events_7d"].isna().sum() == 9  # NaN is left for the models
-    assert parts.y_train.dtype == np.int64 and parts.y_train.tolist() == [0, 1, 0] * 9
-    assert (parts.keys_test["cutoff_time"] == datetime(2025, 9, 24)).all()
-    assert list(parts.keys_test.columns) == ["user_id", "cutoff_time"]
-    assert parts.keys_test["user_id"].tolist() == [0, 1, 2]
+    assert parts.X_train["events_7d"].isna().sum() == 5  # NaN is left for the models
+    assert parts.y_train.dtype == np.int64 and parts.y_train.tolist() == [0, 1, 0] * 5
+    assert list(parts.keys_promotion.columns) == ["user_id", "cutoff_time"]
+    assert parts.keys_promotion["user_id"].tolist() == [0, 1, 2] * 3
     assert parts.row_counts() == {
-        "train_rows": 27,
-        "train_positives": 9,
-        "validation_rows": 3,
-        "validation_positives": 1,
-        "test_rows": 3,
-        "test_positives": 1,
+        "train_rows": 15,
+        "train_positives": 5,
+        "validation_rows": 9,
+        "validation_positives": 3,
+        "promotion_rows": 9,
+        "promotion_positives": 3,
+        "promotion_users": 3,
     }
 
 
@@ -154,14 +225,15 @@ def test_split_by_time_drops_rows_whose_horizon_is_incomplete() -> None:
     data = labeled_rows(cutoffs)
     split = choose_time_split(cutoffs)
     frame = data.frame.copy()
-    late = (frame["cutoff_time"] == split.test_cutoff) & (frame["user_id"] == 2)
+    late = (frame["cutoff_time"] == split.promotion_cutoffs[-1]) & (frame["user_id"] == 2)
     frame.loc[late, "horizon_complete"] = False
 
     parts = split_by_time(LabeledFeatures(frame, data.feature_columns), split)
 
-    assert parts.keys_test["user_id"].tolist() == [0, 1]
-    assert len(parts.y_test) == 2
+    assert parts.keys_promotion["user_id"].tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
+    assert len(parts.y_promotion) == 8
 
-    frame.loc[frame["cutoff_time"] == split.validation_cutoff, "horizon_complete"] = False
-    with pytest.raises(ValueError, match="validation split"):
+    validation = frame["cutoff_time"].isin(pd.to_datetime(list(split.validation_cutoffs)))
+    frame.loc[validation, "horizon_complete"] = False
+    with pytest.raises(ValueError, match="validation role"):
         split_by_time(LabeledFeatures(frame, data.feature_columns), split)

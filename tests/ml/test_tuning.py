@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,17 @@ from optuna.trial import TrialState
 from sklearn.metrics import average_precision_score
 
 from ml.splits import SplitData
-from ml.tuning import TuningConfig, fit_with_params, load_best_params, optuna_storage, tune_xgb
+from ml.tuning import (
+    STOPPED_AT_ATTR,
+    STOPPED_REASON_ATTR,
+    Deadline,
+    TuningConfig,
+    fit_with_params,
+    load_best_params,
+    optuna_storage,
+    run_trials,
+    tune_xgb,
+)
 from ml.xgb import predict_proba
 
 pytestmark = pytest.mark.usefixtures("single_thread_xgboost")
@@ -100,6 +111,8 @@ def test_trials_are_pruned_and_each_is_a_nested_mlflow_run(
     assert result.n_pruned == states.count(TrialState.PRUNED) >= 1
     assert result.n_complete == states.count(TrialState.COMPLETE)
     assert result.n_pruned + result.n_complete == result.n_trials_this_run == 10
+    # The count decides: all 10 trials ran, and the (generous) deadline never fired.
+    assert (result.n_trials_requested, result.timed_out) == (10, False)
     assert sum(m.startswith("trial ") for m in messages) == 10
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = max(complete, key=lambda t: t.value)
@@ -137,7 +150,9 @@ def test_trials_are_pruned_and_each_is_a_nested_mlflow_run(
 def test_tuning_never_reads_the_test_split(
     split_data: SplitData, mlflow_store: Path, tmp_path: Path
 ) -> None:
-    poisoned = replace(split_data, X_test=Untouchable(), y_test=Untouchable(), keys_test=None)
+    poisoned = replace(
+        split_data, X_promotion=Untouchable(), y_promotion=Untouchable(), keys_promotion=None
+    )
     clean_config = tiny_config(tmp_path / "clean.journal", n_trials=4)
     poisoned_config = tiny_config(tmp_path / "poisoned.journal", n_trials=4)
 
@@ -148,3 +163,65 @@ def test_tuning_never_reads_the_test_split(
         return [(t.params, t.value, t.state) for t in load_trials(config)]
 
     assert outcome(poisoned_config) == outcome(clean_config)
+
+
+def test_the_deadline_stops_the_study_and_cuts_the_trial_in_progress_between_rounds(
+    split_data: SplitData, mlflow_store: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(tmp_path / "optuna.journal", n_trials=2)
+    before = tune_xgb(split_data, config, log=lambda _: None)
+    assert before.n_complete == 2 and not before.timed_out
+    # Trials that would boost for many minutes (no early stop, no pruning), a 1 s deadline.
+    rounds = 1_000_000
+    endless = replace(
+        config,
+        n_trials=5,
+        timeout_s=1.0,
+        pruning=False,
+        num_boost_round=rounds,
+        early_stopping_rounds=rounds,
+    )
+    messages: list[str] = []
+    started = time.monotonic()
+    with mlflow.start_run(run_name="tuning") as parent:
+        result = tune_xgb(split_data, endless, log=messages.append)
+    seconds = time.monotonic() - started
+
+    assert seconds < 30
+    assert (result.timed_out, result.n_trials_requested) == (True, 5)
+    assert (result.n_trials_this_run, result.n_complete, result.n_pruned) == (1, 0, 0)
+    assert result.n_trials_total == 3
+    assert result.best_trial_number < 2  # the best stays the one the complete trials found
+    cut = load_trials(config)[2]
+    assert cut.state == TrialState.FAIL
+    assert "timeout of 1s reached" in cut.user_attrs[STOPPED_REASON_ATTR]
+    # Stopped between rounds after a small fraction of its rounds, not after the whole trial.
+    assert 0 <= cut.user_attrs[STOPPED_AT_ATTR] < rounds / 10
+    assert "stopped: study timeout" in messages[-2] and "after 1 of 5 trials" in messages[-1]
+    (run,) = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
+    )
+    assert run.info.status == "KILLED" and run.data.tags["trial_state"] == "fail"
+
+    # A study whose only trials were cut has no best parameters: that fails loudly.
+    with pytest.raises(RuntimeError, match="no complete trial"):
+        tune_xgb(split_data, replace(endless, study_name="cut-only"), log=lambda _: None)
+
+
+def test_no_trial_starts_after_the_deadline(tmp_path: Path) -> None:
+    """Between trials too: an objective that never checks the deadline still runs no more
+    trials once it has passed."""
+    study = optuna.create_study(
+        storage=optuna_storage(str(tmp_path / "optuna.journal")), direction="maximize"
+    )
+
+    def slow(trial: optuna.Trial, deadline: Deadline) -> float:
+        time.sleep(0.2)
+        return trial.suggest_float("x", 0, 1)
+
+    run = run_trials(
+        study, slow, 100, 0.5, lambda _: None, describe=lambda _: "", step_name="round"
+    )
+    assert run.timed_out and run.n_requested == 100
+    assert 1 <= len(run.trials) <= 3  # 0.2 s each: the deadline passes during the third
+    assert all(t.state == TrialState.COMPLETE for t in run.trials)

@@ -88,12 +88,12 @@ def test_training_is_reproducible(booster, split_data) -> None:
         num_boost_round=50,
         early_stopping_rounds=10,
     )
-    X = split_data.X_test
+    X = split_data.X_promotion
     np.testing.assert_array_equal(predict_proba(again, X), predict_proba(twice, X))
 
 
 def test_contributions_add_up_to_the_log_odds(booster, split_data) -> None:
-    X = split_data.X_test.head(50)
+    X = split_data.X_promotion.head(50)
     values = contributions(booster, X)
     assert values.shape == (50, len(split_data.feature_columns) + 1)
     probabilities = predict_proba(booster, X)
@@ -109,8 +109,10 @@ def test_feature_importance_names_every_feature_and_ranks_signal_over_noise(boos
 
 def test_missing_feature_column_is_a_clear_error(split_data) -> None:
     with pytest.raises(ValueError, match="carts_7d"):
-        select_features(split_data.X_test.drop(columns=["carts_7d"]), split_data.feature_columns)
-    reordered = split_data.X_test[split_data.feature_columns[::-1]].assign(user_id=1)
+        select_features(
+            split_data.X_promotion.drop(columns=["carts_7d"]), split_data.feature_columns
+        )
+    reordered = split_data.X_promotion[split_data.feature_columns[::-1]].assign(user_id=1)
     assert list(select_features(reordered, split_data.feature_columns).columns) == (
         split_data.feature_columns
     )

@@ -120,23 +120,28 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(project_home: Pat
         resampled = metadata_of("training", "resampled_train")
         assert resampled["train_positives_before"] > 0
         model = metadata_of("training", "xgb_model")
-        assert 0 < model["test_pr_auc"] <= 1
+        assert 0 < model["promotion_pr_auc"] <= 1
+        assert model["promotion_pr_auc_ci"].startswith("[")
         assert "logistic_regression" in model["comparison"]
+        assert model["split_n_promotion_cutoffs"] == "3"
+        assert model["promotion_rows"] > 0 and model["promotion_positives"] > 0
         seq_study = metadata_of("training", "seq_study")
         assert seq_study["trials_this_run"] == 2 and seq_study["device"] == "cpu"
         seq = metadata_of("training", "seq_model")
-        assert 0 < seq["test_pr_auc"] <= 1
+        assert 0 < seq["promotion_pr_auc"] <= 1
         assert "logistic_regression" in seq["comparison"]
         # The two families train in either order: one is v1, the other v2.
         families = {model["model_version"]: "xgboost", seq["model_version"]: "torch-seq"}
         assert set(families) == {"1", "2"}
-        pr_auc = {model["model_version"]: model["test_pr_auc"], "": 0.0}
-        pr_auc[seq["model_version"]] = seq["test_pr_auc"]
-        # One gate for both families: v1 meets no champion, v2 meets v1 on the same test window.
+        # One gate for both families: v1 meets no champion, v2 meets v1 on the same promotion
+        # window and is promoted only if its paired gain's lower bound is above zero.
         promotion = metadata_of("training", "champion")
         assert promotion["versions_judged"] == "1, 2"
         assert "xgboost" in promotion["decisions"] and "torch-seq" in promotion["decisions"]
-        winner = "2" if pr_auc["2"] > pr_auc["1"] else "1"
+        assert len(promotion["family_differences"]) == 1
+        client = mlflow.MlflowClient(f"sqlite:///{project_home / 'mlflow.db'}")
+        second = client.get_model_version("purchase-propensity", "2").tags
+        winner = "2" if float(second["pr_auc_difference_lower_bound"]) > 0 else "1"
         assert promotion["champion_version"] == winner
 
     warehouse = project_home / "warehouse.duckdb"
@@ -191,7 +196,7 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(project_home: Pat
     assert night.decision in ("promoted", "kept_champion") and night.reason
     for number in ("3", "4"):
         version = client.get_model_version("purchase-propensity", number)
-        assert version.tags["promotion_test_window"].startswith("2025-09-25")  # moved a day
+        assert version.tags["promotion_window"].endswith("2025-09-25T00:00:00")  # moved a day
         assert version.tags["promotion_decision"] in ("promoted", "kept_champion")
     (latest_cutoff, scored_cutoff) = query(
         warehouse,
