@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,10 @@ KEY_FEATURES = (
     "active_days_lookback",
     "hours_since_last_event",
 )
+# Features that grow with the calendar by design (how long the data or the user has existed):
+# the scoring cutoff is always later than the training cutoffs, so their PSI is large on healthy
+# data. The drift check leaves them out.
+CLOCK_FEATURES = ("days_of_history", "hours_since_first_event")
 # Scores are probabilities of a rare event: a mean above one half (or a constant score) says the
 # model or its input is broken even when every single value is a valid probability.
 MEAN_SCORE_BAND = (1e-4, 0.5)
@@ -225,3 +229,87 @@ def check_freshness(
 
 def _hours(delta: timedelta) -> str:
     return f"{delta.total_seconds() / 3600:.1f} h"
+
+
+# A day with events separated from the data's dense span by at least this many empty days is
+# stray: one stray event two months before the rest stretched a real file's cutoff grid to 84
+# days. A separated group of days holding more than STRAY_MAX_SHARE of the events is a second
+# block of data (a gap in the data, another question), not a few strays.
+STRAY_GAP_DAYS = 7
+STRAY_MAX_SHARE = 0.01
+
+
+def check_stray_events(
+    events_per_day: Mapping[date, int],
+    min_gap_days: int = STRAY_GAP_DAYS,
+    max_share: float = STRAY_MAX_SHARE,
+) -> CheckOutcome:
+    """No few events lie far outside the data's dense span, where they stretch the cutoff grid.
+
+    Days with events are grouped: a run of at least `min_gap_days` empty days starts a new
+    group. The group with the most events is the dense span; any other group with at most
+    `max_share` of the events is stray. Strays before the dense span call for the dbt var
+    data_start, strays after it for as_of (events from then on are left out).
+    """
+    days = sorted((day, count) for day, count in events_per_day.items() if count > 0)
+    if not days:
+        return CheckOutcome(True, "No events to check", {"stray_events": 0})
+    groups: list[list[tuple[date, int]]] = [[days[0]]]
+    for day, count in days[1:]:
+        if (day - groups[-1][-1][0]).days - 1 >= min_gap_days:
+            groups.append([])
+        groups[-1].append((day, count))
+    total = sum(count for _, count in days)
+    dense = max(groups, key=lambda group: sum(count for _, count in group))
+    start, end = dense[0][0], dense[-1][0]
+    strays = [
+        group
+        for group in groups
+        if group is not dense and sum(count for _, count in group) <= max_share * total
+    ]
+    before = [(day, n) for group in strays if group[-1][0] < start for day, n in group]
+    after = [(day, n) for group in strays if group[0][0] > end for day, n in group]
+    n_stray = sum(n for _, n in before + after)
+    metadata: dict[str, float | int | str] = {
+        "stray_events": n_stray,
+        "stray_days": len(before) + len(after),
+        "dense_span_start": start.isoformat(),
+        "dense_span_end": end.isoformat(),
+        "events": total,
+        "min_gap_days": min_gap_days,
+    }
+    if not n_stray:
+        outside = total - sum(count for _, count in dense)
+        elsewhere = (
+            f"; the {outside:,} events outside it come in blocks of more than {max_share:.0%}"
+            if outside
+            else ""
+        )
+        return CheckOutcome(
+            True,
+            f"No stray events: the dense span {start} .. {end} holds {total - outside:,} of "
+            f"{total:,} events{elsewhere}",
+            metadata,
+        )
+    span = f"the dense span {start} .. {end}"
+    problems = []
+    if before:
+        n, gap = sum(count for _, count in before), (start - before[-1][0]).days - 1
+        problems.append(
+            f"{n:,} stray event(s) on {_day_list([day for day, _ in before])}, {gap} empty days "
+            f"before {span}, stretch the cutoff grid back to them: set the dbt var data_start "
+            f"to '{start}' to start the grid later"
+        )
+    if after:
+        n, gap = sum(count for _, count in after), (after[0][0] - end).days - 1
+        problems.append(
+            f"{n:,} stray event(s) on {_day_list([day for day, _ in after])}, {gap} empty days "
+            f"after {span}, stretch the cutoff grid on to them: set the dbt var as_of to "
+            f"'{end + timedelta(days=1)}' to end the grid there"
+        )
+    return CheckOutcome(False, "; ".join(problems), metadata)
+
+
+def _day_list(days: Sequence[date], shown: int = 3) -> str:
+    listed = ", ".join(str(day) for day in days[:shown])
+    return listed + (f" and {len(days) - shown} more day(s)" if len(days) > shown else "")

@@ -16,15 +16,19 @@ import pandas as pd
 
 from ml import settings
 from ml.monitoring import (
+    CLOCK_FEATURES,
     FRESHNESS_MAX_LAG,
     KEY_FEATURES,
     PSI_WARN_THRESHOLD,
+    STRAY_GAP_DAYS,
+    STRAY_MAX_SHARE,
     CheckOutcome,
     check_drift,
     check_freshness,
     check_label_rate,
     check_no_nulls,
     check_score_distribution,
+    check_stray_events,
     feature_psi,
 )
 from ml.splits import choose_time_split
@@ -107,7 +111,7 @@ def drift_outcome(con: duckdb.DuckDBPyConnection, threshold: float) -> CheckOutc
             "select column_name from information_schema.columns where table_schema = 'marts' "
             "and table_name = 'user_features' order by ordinal_position"
         ).fetchall()
-        if name not in KEY_COLUMNS
+        if name not in KEY_COLUMNS and name not in CLOCK_FEATURES
     ]
     select = ", ".join(f'cast("{c}" as double) as "{c}"' for c in columns)
     train: pd.DataFrame = con.sql(
@@ -213,3 +217,39 @@ def score_distribution_sane(context: dg.AssetCheckExecutionContext) -> dg.AssetC
 
 
 ASSET_CHECKS = [raw_events_fresh, mart_checks, score_distribution_sane]
+
+
+CUTOFFS = dg.AssetKey(["marts", "cutoffs"])
+
+
+class StrayEventsConfig(dg.Config):
+    """min_gap_days: empty days that set a day apart; max_share: the most a stray group holds."""
+
+    min_gap_days: int = STRAY_GAP_DAYS
+    max_share: float = STRAY_MAX_SHARE
+
+
+@dg.asset_check(
+    asset=CUTOFFS,
+    name="no_stray_events",
+    pool=WAREHOUSE_POOL,
+    description=(
+        "No few events far before or after the rest stretch the cutoff grid; the message says "
+        "which, and the dbt var (data_start) that starts the grid later."
+    ),
+)
+def no_stray_events(
+    context: dg.AssetCheckExecutionContext, config: StrayEventsConfig
+) -> dg.AssetCheckResult:
+    """Reads the events the models use (intermediate.int_events, after data_start and as_of), so
+    that once data_start is set the check passes although raw.events keeps the strays. Warns:
+    the features stay right, but the grid gains empty cutoffs and the lookbacks look short."""
+    with connect() as con:
+        rows = con.sql(
+            "select event_time::date as day, count(*) from intermediate.int_events group by day"
+        ).fetchall()
+    outcome = check_stray_events(dict(rows), config.min_gap_days, config.max_share)
+    return to_result(outcome, CUTOFFS, "no_stray_events", dg.AssetCheckSeverity.WARN)
+
+
+ASSET_CHECKS.append(no_stray_events)

@@ -19,6 +19,12 @@ class FeatureWindowConfig(dg.Config):
     as_of: the run's cutoff in UTC ('2025-10-01 00:00:00'); events at or after it wait for a
     later run and it becomes the latest (scoring) cutoff. Empty: the first cutoff after the last
     event. The nightly schedule sets it to the new day.
+    data_end: where the observed data ends (UTC); label windows ending after it are incomplete.
+    Empty: as_of when set, else the newest event.
+    data_start: events before it are ignored and the cutoff grid starts after it (UTC), for
+    stray events far before the rest (the check no_stray_events says when).
+    timezone: the shop's timezone for the cutoff grid ('UTC', '+08:00', 'Asia/Shanghai').
+    The meaning of each var: dbt_project/dbt_project.yml.
     """
 
     cutoff_step: str = "1 day"
@@ -26,6 +32,9 @@ class FeatureWindowConfig(dg.Config):
     horizon: str = "7 days"
     sequence_length: int = 50
     as_of: str = ""
+    data_end: str = ""
+    data_start: str = ""
+    timezone: str = "UTC"
 
 
 class FeatureTranslator(DagsterDbtTranslator):

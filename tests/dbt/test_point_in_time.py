@@ -1,5 +1,6 @@
 """The point-in-time guarantee, proven on the real dbt build: events that arrive after a cutoff,
-purchases included, change none of that cutoff's features or sequences."""
+purchases included, change none of that cutoff's features or sequences, the order-aware ones
+(last event, carts since the last purchase, the last session) included."""
 
 from __future__ import annotations
 
@@ -22,22 +23,26 @@ def snapshot(warehouse: Path, table: str, until: datetime) -> list[tuple]:
     )
 
 
-def write_late_events(path: Path, raw_user_ids: list[str]) -> int:
-    """REES46-format events at and after CUTOFF for existing users: purchases, carts, a removal,
-    views of a never-seen category, one exactly at the cutoff."""
+def write_late_events(path: Path, users: list[tuple[str, str]]) -> int:
+    """REES46-format events at and after CUTOFF for existing (user, last session) pairs:
+    purchases, carts, a removal, views of a never-seen category, one exactly at the cutoff, and
+    a cart add exactly at the cutoff and a purchase in the user's last session before it (a
+    session running across the cutoff, which last_session_* must cut there)."""
     rows = []
-    for i, user_id in enumerate(raw_user_ids):
+    for i, (user_id, last_session) in enumerate(users):
         base = CUTOFF + timedelta(minutes=i)
-        for offset, event_type, category in [
-            (timedelta(0), "view", "9990001"),
-            (timedelta(seconds=30), "cart", "9990001"),
-            (timedelta(minutes=5), "remove_from_cart", "9990001"),
-            (timedelta(hours=2), "purchase", "9990002"),
-            (timedelta(days=3), "purchase", "9990002"),
+        for offset, event_type, category, session in [
+            (timedelta(0), "view", "9990001", f"late-{i}"),
+            (timedelta(seconds=30), "cart", "9990001", f"late-{i}"),
+            (timedelta(minutes=5), "remove_from_cart", "9990001", f"late-{i}"),
+            (timedelta(hours=2), "purchase", "9990002", f"late-{i}"),
+            (timedelta(days=3), "purchase", "9990002", f"late-{i}"),
+            (-timedelta(minutes=i), "cart", "9990001", last_session),
+            (timedelta(seconds=10), "purchase", "9990001", last_session),
         ]:
             when = (base + offset).strftime("%Y-%m-%d %H:%M:%S UTC")
             rows.append(
-                f"{when},{event_type},77{i},{category},late.new,acme,12.50,{user_id},late-{i}"
+                f"{when},{event_type},77{i},{category},late.new,acme,12.50,{user_id},{session}"
             )
     path.write_text(
         "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,"
@@ -59,16 +64,41 @@ def test_events_after_a_cutoff_change_none_of_its_features_or_sequences(tmp_path
     )
     assert len(features_before) > 500 and len(sequences_before) == len(features_before)
 
+    # The new columns are in the comparison, and not trivially: every state occurs.
+    columns = [row[0] for row in query(warehouse, "describe marts.user_features")]
+    state = dict(
+        zip(
+            columns,
+            query(
+                warehouse,
+                f"select {', '.join(f'count(distinct {c})' for c in columns)} "
+                f"from marts.user_features where cutoff_time <= '{CUTOFF}'",
+            )[0],
+            strict=True,
+        )
+    )
+    assert state["last_event_type"] == 4  # view, cart, remove, purchase (no wishlists here)
+    assert state["has_open_cart"] == state["last_cart_removed"] == 2
+    for column in (
+        "carts_since_last_purchase",
+        "removes_since_last_purchase",
+        "seconds_since_last_remove",
+        "last_session_events",
+        "last_session_carts",
+        "hours_since_first_event",
+        "days_of_history",
+    ):
+        assert state[column] >= 2, column  # not constant
+
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        raw_user_ids = [
-            row[0]
-            for row in con.sql(
-                f"select distinct user_id from raw.events where event_time < '{CUTOFF}' "
-                "order by user_id limit 40"
-            ).fetchall()
-        ]
+        users = con.sql(
+            f"""
+            select user_id, arg_max(user_session, event_time) from raw.events
+            where event_time < '{CUTOFF}' group by user_id order by user_id limit 40
+            """
+        ).fetchall()
     late_file = tmp_path / "late.csv"
-    n_late = write_late_events(late_file, raw_user_ids)
+    n_late = write_late_events(late_file, users)
     (report,) = ingest_paths(warehouse, [late_file], "rees46")
     assert report.accepted == n_late
     run_dbt(warehouse, "run")

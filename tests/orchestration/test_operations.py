@@ -156,17 +156,24 @@ def _write_warehouse(path: Path, broken: bool) -> None:
 
     cutoffs = [CUTOFF - timedelta(days=19 - i) for i in range(20)]
     with duckdb.connect(str(path)) as con:
-        for schema in ("raw", "marts", "predictions"):
+        for schema in ("raw", "intermediate", "marts", "predictions"):
             con.execute(f"create schema {schema}")
         last_event = CUTOFF - timedelta(days=4 if broken else 0, minutes=5)
         con.execute(
             "create table raw.events as select $t::timestamp as event_time", {"t": last_event}
         )
+        # The events the models use: 100 a day, and when broken a stray one 80 days earlier.
+        event_times = [CUTOFF - timedelta(days=d, hours=3) for d in range(20)] * 100
+        con.execute(
+            "create table intermediate.int_events as select unnest($t::timestamp[]) as event_time",
+            {"t": event_times + ([CUTOFF - timedelta(days=80)] if broken else [])},
+        )
         con.execute(
             """
             create table marts.cutoffs as
             select c as cutoff_time, c + interval 2 day as horizon_end,
-                c + interval 2 day <= $latest as horizon_complete, c = $latest as is_latest
+                c + interval 2 day <= $latest as horizon_complete, c = $latest as is_latest,
+                true as lookback_complete
             from unnest($cutoffs::timestamp[]) as t(c)
             """,
             {"cutoffs": cutoffs, "latest": CUTOFF},
@@ -216,6 +223,7 @@ def _run_checks(warehouse: Path) -> dict[str, dg.AssetCheckEvaluation]:
         dg.AssetSpec(key)
         for key in (
             ["raw", "events"],
+            ["marts", "cutoffs"],
             ["marts", "labels"],
             ["marts", "user_features"],
             ["predictions", "user_propensity"],
@@ -243,6 +251,7 @@ def test_asset_checks_pass_on_healthy_data(project_home: Path) -> None:
         "feature_drift_psi",
         "key_features_not_null",
         "score_distribution_sane",
+        "no_stray_events",
     }
     failed = {name: check.description for name, check in checks.items() if not check.passed}
     assert failed == {}
@@ -262,8 +271,11 @@ def test_asset_checks_fail_on_data_made_to_break_them(project_home: Path) -> Non
     assert "events_7d (140 of 6,000 rows)" in messages["key_features_not_null"]
     assert "ranks nobody" in messages["score_distribution_sane"]
     assert "mean score 0.7000" in messages["score_distribution_sane"]
+    assert "1 stray event(s)" in messages["no_stray_events"]
+    assert "set the dbt var data_start" in messages["no_stray_events"]
     # Drift is a warning; the broken data itself fails as errors.
     assert checks["feature_drift_psi"].severity == dg.AssetCheckSeverity.WARN
+    assert checks["no_stray_events"].severity == dg.AssetCheckSeverity.WARN
     assert checks["label_rate_in_band"].severity == dg.AssetCheckSeverity.ERROR
 
 

@@ -11,7 +11,7 @@ select
     max(event_time) as session_end,
     date_diff('second', min(event_time), max(event_time)) as duration_seconds,
     count(*) as n_events,
-    count(*) filter (where event_type_code = 2) as n_cart_adds,
-    count(*) filter (where event_type_code = 4) as n_purchases
+    count(*) filter (where is_cart) as n_cart_adds,
+    count(*) filter (where is_purchase) as n_purchases
 from {{ ref('int_events') }}
 group by session_id, user_id

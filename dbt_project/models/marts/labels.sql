@@ -18,7 +18,7 @@ cutoffs as (
 
 purchases as (
 
-    select user_id, event_time from {{ ref('int_events') }} where event_type_code = 4
+    select user_id, event_time from {{ ref('int_events') }} where is_purchase
 
 ),
 

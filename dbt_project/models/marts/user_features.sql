@@ -13,6 +13,15 @@
   - A one-bucket window (1 day when the step is a day) is the bucket's own value.
   - The distinct counts are running sums of their changes (int_user_distinct_changes), in the
     same pass.
+  - Whatever depends on the order of events (the last event, cart, remove and purchase, the
+    last session, the carts since the last purchase, the first event) is the user's state at
+    the end of the last active bucket before the cutoff (int_user_buckets). One maximum finds
+    that bucket and one join fetches its state: no window aggregate per column.
+
+  Order-aware features (last_event_type, the carts and removes since the last purchase,
+  has_open_cart, seconds_since_last_remove, last_cart_removed, last_session_*) and
+  hours_since_first_event see the user's whole history before the cutoff (from data_start when
+  it is set), like the hours_since_last_* features; the counts by window see their window only.
 -#}
 {%- set one_day = buckets_in('1 day', is_var=false) | int -%}
 {%- set seven_days = buckets_in('7 days', is_var=false) | int -%}
@@ -63,6 +72,7 @@ with grid_activity as (
     select
         grid.user_id,
         grid.cutoff_index,
+        buckets.bucket as active_bucket,
         buckets.* exclude (user_id, bucket),
         distinct_changes.* exclude (user_id, cutoff_index)
     from {{ ref('int_user_cutoff_grid') }} as grid
@@ -99,9 +109,7 @@ windowed as (
         sum(cart_price_sum) over last_lookback as cart_price_sum,
         max(cart_price_max) over last_lookback as max_cart_price,
         sum(segment_duration_sum) over last_lookback as segment_duration_sum,
-        max(last_event_us) over history as last_event_us,
-        max(last_cart_us) over history as last_cart_us,
-        max(last_purchase_us) over history as last_purchase_us
+        max(active_bucket) over history as last_active_bucket
     from grid_activity
     window
         by_user as (partition by user_id order by cutoff_index),
@@ -130,62 +138,103 @@ unpacked as (
 
 ),
 
+with_state as (
+
+    -- Rows with activity in the lookback, with the state at the end of their last active bucket.
+    select
+        unpacked.*,
+        state.first_event_us,
+        state.last_event_us,
+        state.last_event_type_code,
+        state.last_cart_us,
+        state.last_remove_us,
+        state.last_purchase_us,
+        state.last_session_events,
+        state.last_session_carts,
+        state.carts_since_last_purchase,
+        state.removes_since_last_purchase
+    from unpacked
+    inner join {{ ref('int_user_buckets') }} as state
+        on state.user_id = unpacked.user_id
+        and state.bucket = unpacked.last_active_bucket
+    where unpacked.events_lookback > 0
+
+),
+
 cutoffs as (
 
-    select cutoff_index, cutoff_time, epoch_us(cutoff_time) as cutoff_us
+    select cutoff_index, cutoff_time, epoch_us(cutoff_time) as cutoff_us, days_of_history
     from {{ ref('cutoffs') }}
 
 )
 
 select
-    unpacked.user_id,
+    features.user_id,
     cutoffs.cutoff_time,
 
     {%- for window_name in ['1d', '7d', 'lookback'] %}
-    unpacked.events_{{ window_name }},
-    unpacked.views_{{ window_name }},
-    unpacked.carts_{{ window_name }},
-    unpacked.removes_{{ window_name }},
-    unpacked.purchases_{{ window_name }},
-    unpacked.wishlists_{{ window_name }},
+    features.events_{{ window_name }},
+    features.views_{{ window_name }},
+    features.carts_{{ window_name }},
+    features.removes_{{ window_name }},
+    features.purchases_{{ window_name }},
+    features.wishlists_{{ window_name }},
     {%- endfor %}
 
-    unpacked.events_previous_7d,
-    unpacked.sessions_lookback,
-    unpacked.distinct_products_lookback,
-    unpacked.distinct_categories_lookback,
-    unpacked.distinct_brands_lookback,
-    unpacked.active_days_lookback,
+    features.events_previous_7d,
+    features.sessions_lookback,
+    features.distinct_products_lookback,
+    features.distinct_categories_lookback,
+    features.distinct_brands_lookback,
+    features.active_days_lookback,
 
-    (cutoffs.cutoff_us - unpacked.last_event_us) / 3.6e9 as hours_since_last_event,
-    (cutoffs.cutoff_us - unpacked.last_cart_us) / 3.6e9 as hours_since_last_cart,
-    (cutoffs.cutoff_us - unpacked.last_purchase_us) / 3.6e9 as hours_since_last_purchase,
-
+    (cutoffs.cutoff_us - features.last_event_us) / 3.6e9 as hours_since_last_event,
+    (cutoffs.cutoff_us - features.last_cart_us) / 3.6e9 as hours_since_last_cart,
+    (cutoffs.cutoff_us - features.last_purchase_us) / 3.6e9 as hours_since_last_purchase,
     -- Capped at 1: some shops record cart adds without a view, or purchases without a cart.
-    least(unpacked.carts_lookback / nullif(unpacked.views_lookback, 0), 1.0)
+    least(features.carts_lookback / nullif(features.views_lookback, 0), 1.0)
         as view_to_cart_ratio,
-    least(unpacked.purchases_lookback / nullif(unpacked.carts_lookback, 0), 1.0)
+    least(features.purchases_lookback / nullif(features.carts_lookback, 0), 1.0)
         as cart_to_purchase_ratio,
-    unpacked.segments_abandoned / nullif(unpacked.segments_with_cart, 0)
+    features.segments_abandoned / nullif(features.segments_with_cart, 0)
         as cart_abandonment_rate,
 
-    unpacked.view_price_sum / nullif(unpacked.view_price_count, 0) as avg_view_price,
-    unpacked.max_view_price,
-    unpacked.cart_price_sum / nullif(unpacked.cart_price_count, 0) as avg_cart_price,
-    unpacked.max_cart_price,
+    features.view_price_sum / nullif(features.view_price_count, 0) as avg_view_price,
+    features.max_view_price,
+    features.cart_price_sum / nullif(features.cart_price_count, 0) as avg_cart_price,
+    features.max_cart_price,
 
-    unpacked.segment_duration_sum / nullif(unpacked.session_segments, 0)
+    features.segment_duration_sum / nullif(features.session_segments, 0)
         as avg_session_seconds,
-    unpacked.segment_events_sum / nullif(unpacked.session_segments, 0)
+    features.segment_events_sum / nullif(features.session_segments, 0)
         as avg_session_events,
 
     -- -1 (all activity in the 7 days before) .. +1 (all activity in the last 7 days).
     coalesce(
-        (unpacked.events_7d - unpacked.events_previous_7d)
-        / nullif(unpacked.events_7d + unpacked.events_previous_7d, 0),
+        (features.events_7d - features.events_previous_7d)
+        / nullif(features.events_7d + features.events_previous_7d, 0),
         0.0
-    ) as activity_trend_7d
+    ) as activity_trend_7d,
 
-from unpacked
+    -- Since the user's first event (whole history): below the horizon, a shopper new to the shop.
+    (cutoffs.cutoff_us - features.first_event_us) / 3.6e9 as hours_since_first_event,
+    -- Days of data before the cutoff, at most the lookback: below it, no lookback is complete.
+    cutoffs.days_of_history,
+
+    -- The order of events, over the whole history (see the header). last_event_type is the
+    -- event_types seed code: 1 view, 2 cart, 3 remove_from_cart, 4 purchase, 5 wishlist.
+    features.last_event_type_code as last_event_type,
+    features.carts_since_last_purchase,
+    features.removes_since_last_purchase,
+    -- A cart is open while cart adds since the last purchase outnumber removes (no product match).
+    (features.carts_since_last_purchase > features.removes_since_last_purchase)::integer
+        as has_open_cart,
+    (cutoffs.cutoff_us - features.last_remove_us) / 1e6 as seconds_since_last_remove,
+    -- 1 when a remove_from_cart came after the last cart add (any product); 0 without one.
+    coalesce(features.last_remove_us > features.last_cart_us, false)::integer
+        as last_cart_removed,
+    features.last_session_events,
+    features.last_session_carts
+
+from with_state as features
 inner join cutoffs using (cutoff_index)
-where unpacked.events_lookback > 0

@@ -113,12 +113,12 @@ sequences as (
 
 select
     user_id,
-    make_timestamp(cutoff_index * {{ step_micros() }}) as cutoff_time,
+    {{ cutoff_timestamp('cutoff_index') }} as cutoff_time,
     len(event_type_codes) as sequence_length,
     event_type_codes,
     category_indexes,
     prices,
     list_transform(
-        event_us, lambda t: (cutoff_index * {{ step_micros() }} - t) / 1e6
+        event_us, lambda t: ({{ cutoff_micros('cutoff_index') }} - t) / 1e6
     ) as seconds_before_cutoff
 from sequences

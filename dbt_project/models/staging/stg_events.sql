@@ -1,8 +1,10 @@
 {#-
-  Typed and cleaned events. The raw user id is replaced by a salted hash here and never leaves
-  the raw layer. Events without a source session id get one from 30 minutes of inactivity; the
-  derived id is the user plus the session's first event time, so appending later events never
-  renames an earlier session.
+  Typed and cleaned events, only those in [data_start, as_of) when those vars are set. The raw
+  user id is replaced by a salted hash here and never leaves the raw layer. Event types are named
+  here once: a small code (seed event_types) for the sequences and one flag per type. Events
+  without a source session id get one from 30 minutes of inactivity; the derived id is the user
+  plus the session's first event time, so appending later events never renames an earlier
+  session.
 
   Performance: both CTEs are NOT MATERIALIZED. They are read by the two branches of the union,
   and DuckDB would otherwise materialize the whole cleaned event table (every row hashed and
@@ -14,9 +16,14 @@
 with raw_events as not materialized (
 
     select * from {{ source('raw', 'events') }}
+    where true
     {%- if has_as_of() %}
-    -- As of the run's cutoff: later events wait for a later run (see macros/time_grid.sql).
-    where event_time < make_timestamp({{ as_of_index() }} * {{ step_micros() }})
+        -- As of the run's cutoff: later events wait for a later run (see macros/time_grid.sql).
+        and event_time < {{ as_of_time() }}
+    {%- endif %}
+    {%- if has_data_start() %}
+        -- From the data's start on: stray events before it must not stretch the cutoff grid.
+        and event_time >= {{ data_start_time() }}
     {%- endif %}
 
 ),
@@ -33,6 +40,12 @@ cleaned as not materialized (
             when 'purchase' then 4
             when 'wishlist' then 5
         end::utinyint as event_type_code,
+        -- The event types by name, so that no later model compares codes.
+        event_type = 'view' as is_view,
+        event_type = 'cart' as is_cart,
+        event_type = 'remove_from_cart' as is_remove,
+        event_type = 'purchase' as is_purchase,
+        event_type = 'wishlist' as is_wishlist,
         trim(product_id) as product_id,
         nullif(trim(category_id), '') as category_id,
         nullif(lower(trim(category_code)), '') as category_code,

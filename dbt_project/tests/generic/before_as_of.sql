@@ -3,7 +3,7 @@
 select {{ column_name }}
 from {{ model }}
 {%- if has_as_of() %}
-where {{ column_name }} >= make_timestamp({{ as_of_index() }} * {{ step_micros() }})
+where {{ column_name }} >= {{ as_of_time() }}
 {%- else %}
 where false
 {%- endif %}

@@ -3,7 +3,7 @@
 select max({{ column_name }}) as latest_cutoff
 from {{ model }}
 having {% if has_as_of() -%}
-    max({{ column_name }}) is distinct from make_timestamp({{ as_of_index() }} * {{ step_micros() }})
+    max({{ column_name }}) is distinct from {{ as_of_time() }}
 {%- else -%}
     false
 {%- endif %}
