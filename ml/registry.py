@@ -161,6 +161,7 @@ def promote(
             n_resamples=gate.n_resamples,
             seed=gate.seed,
             confidence=gate.confidence,
+            names=("pr_auc",),
         )["pr_auc"]
         promoted = difference.lower_bound > gate.min_gain
         challenger_text, champion_text = _pr_auc_text(challenger_pr_auc, champion_pr_auc)

@@ -21,8 +21,11 @@ from ml.evaluation.bootstrap import (
     DEFAULT_RESAMPLES,
     Interval,
     PairedDifference,
+    bootstrap_draws,
     bootstrap_metrics,
-    paired_differences,
+    interval_from_draws,
+    paired_difference,
+    point_metrics,
 )
 from ml.evaluation.metrics import evaluate
 
@@ -112,23 +115,23 @@ def evaluate_window(
     if reference not in scores_by_model:
         raise ValueError(f"The reference model {reference!r} has no scores.")
     y = np.asarray(y).astype(np.int64)
+    draws = bootstrap_draws(y, scores_by_model, groups, n_resamples, seed, top_k_fraction)
     metrics, intervals, differences = {}, {}, {}
     for model, scores in scores_by_model.items():
         metrics[model] = evaluate(y, scores, thresholds[model], top_k_fraction)
-        intervals[model] = bootstrap_metrics(
-            y, scores, groups, n_resamples, seed, top_k_fraction, confidence
-        )
+        estimate = point_metrics(y, scores, top_k_fraction)
+        intervals[model] = {
+            name: interval_from_draws(estimate[name], draws[model][name], confidence)
+            for name in BOOTSTRAP_METRICS
+        }
+    for model in scores_by_model:
         if model != reference:
-            differences[model] = paired_differences(
-                y,
-                scores_by_model[reference],
-                scores,
-                groups,
-                n_resamples,
-                seed,
-                top_k_fraction,
+            differences[model] = paired_difference(
+                "pr_auc",
+                intervals[reference]["pr_auc"].estimate - intervals[model]["pr_auc"].estimate,
+                draws[reference]["pr_auc"] - draws[model]["pr_auc"],
                 confidence,
-            )["pr_auc"]
+            )
     return WindowEvaluation(
         reference=reference,
         n_rows=len(y),
@@ -181,9 +184,14 @@ def segment_table(
             if buyers == int(mask.sum()):
                 row[model] = "cannot be read (no non-buyers)"
                 continue
-            interval = bootstrap_metrics(
-                y[mask], np.asarray(scores)[mask], groups[mask], n_resamples, seed
+            pr_auc = bootstrap_metrics(
+                y[mask],
+                np.asarray(scores)[mask],
+                groups[mask],
+                n_resamples,
+                seed,
+                names=("pr_auc",),
             )["pr_auc"]
-            row[model] = interval.text()
+            row[model] = pr_auc.text()
         rows.append(row)
     return pd.DataFrame(rows, columns=["segment", "rows", "buyers", *scores_by_model])

@@ -139,7 +139,7 @@ def evaluate_final_model(
         seed=seed,
     )
     ece_raw = bootstrap_metrics(
-        data.y_promotion, raw_promotion, users, n_resamples, seed, top_k_fraction
+        data.y_promotion, raw_promotion, users, n_resamples, seed, top_k_fraction, names=("ece",)
     )["ece"]
     return FinalEvaluation(
         model=model,

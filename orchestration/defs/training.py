@@ -525,6 +525,7 @@ def family_comparison(data: SplitData, gate: GateConfig) -> tuple[dict[str, str]
                 n_resamples=gate.n_resamples,
                 seed=gate.seed,
                 confidence=gate.confidence,
+                names=("pr_auc",),
             )["pr_auc"]
             rows.append(
                 {
