@@ -9,6 +9,7 @@ Every feature comes back as float64 with NaN where the warehouse has NULL (e.g.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -82,12 +83,21 @@ def _to_frame(relation: duckdb.DuckDBPyRelation) -> pd.DataFrame:
     return relation.to_arrow_table().to_pandas()
 
 
-def load_labeled_features(warehouse: Path, with_sequences: bool = False) -> LabeledFeatures:
+def load_labeled_features(
+    warehouse: Path, with_sequences: bool = False, cutoffs: Sequence[datetime] | None = None
+) -> LabeledFeatures:
     """Features inner-joined to labels, ordered by cutoff then user so results are reproducible.
 
     `with_sequences` adds the SEQUENCE_COLUMNS of marts.user_sequences for the same rows.
+    `cutoffs` reads only those cutoffs' rows (the roles of a split), None every row: the cutoffs
+    in the gaps between roles are most of the warehouse, and their sequences are the costly
+    part to load.
     """
     sequence_columns, sequence_join = _sequences_select(with_sequences)
+    where = "" if cutoffs is None else "where f.cutoff_time in (select unnest($cutoffs))"
+    params = (
+        None if cutoffs is None else {"cutoffs": [pd.Timestamp(c).to_pydatetime() for c in cutoffs]}
+    )
     with _connect(warehouse) as con:
         feature_columns = _feature_columns(con)
         frame = _to_frame(
@@ -103,8 +113,10 @@ def load_labeled_features(warehouse: Path, with_sequences: bool = False) -> Labe
                 from marts.user_features as f
                 inner join marts.labels as l using (user_id, cutoff_time)
                 {sequence_join}
+                {where}
                 order by f.cutoff_time, f.user_id
-                """
+                """,
+                params=params,
             )
         )
     frame[LABEL_COLUMN] = frame[LABEL_COLUMN].astype("int64")

@@ -1,6 +1,13 @@
 """Scoring: the champion model scores every user active at the latest cutoff, and the top k
 become the shop's intervention list with the three features that pushed each score up most.
 
+Three tables in the schema `predictions`, written in one DuckDB transaction:
+- `user_propensity` and `intervention_targets`: the scored cutoff's rows, replaced when the same
+  cutoff is scored again;
+- `served_history`: every scoring run's scores, kept, so that they can be checked against the
+  labels once those mature (`ml.served`). A rerun for the same (cutoff, model name, model
+  version) replaces its own rows; another version scoring the same cutoff adds its own.
+
 Works with any model family registered as a PropensityModel-style pyfunc: `predict` gives
 probabilities, and `contributions` (where the family has it) gives per-feature attributions.
 """
@@ -37,6 +44,22 @@ _PREDICTIONS_DDL = (
         model_version varchar not null, scored_at timestamp not null
     )
     """,
+    """
+    create table if not exists predictions.served_history (
+        user_id bigint not null, cutoff_time timestamp not null, model_name varchar not null,
+        model_version varchar not null, model_family varchar, score double not null,
+        scored_at timestamp not null
+    )
+    """,
+)
+HISTORY_COLUMNS = (
+    "user_id",
+    "cutoff_time",
+    "model_name",
+    "model_version",
+    "model_family",
+    "score",
+    "scored_at",
 )
 
 
@@ -49,6 +72,9 @@ class ScoringSummary:
     n_targets: int
     mean_score: float
     top_decile_mean_score: float
+    # Rows of predictions.served_history after this run, over every cutoff and version.
+    history_rows: int = 0
+    history_cutoffs: int = 0
 
 
 def score_deciles(scores: np.ndarray) -> np.ndarray:
@@ -71,8 +97,9 @@ def top_drivers(contributions: pd.DataFrame, n: int = 3) -> list[list[str]]:
 def score_latest_cutoff(
     warehouse: Path, tracking_uri: str, top_k: int = 100, model_alias: str = CHAMPION_ALIAS
 ) -> ScoringSummary:
-    """Scores the latest cutoff with `models:/purchase-propensity@<alias>` and writes both
-    predictions tables. Re-scoring the same cutoff replaces that cutoff's rows."""
+    """Scores the latest cutoff with `models:/purchase-propensity@<alias>` and writes the
+    predictions tables (see `write_predictions`). Re-scoring the same cutoff replaces that
+    cutoff's rows; the served history keeps other versions' and other cutoffs' rows."""
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias(MODEL_NAME, model_alias)
@@ -116,7 +143,7 @@ def score_latest_cutoff(
             "scored_at": scored_at,
         }
     )
-    _write_predictions(warehouse, cutoff_time, propensity, targets)
+    history_rows, history_cutoffs = write_predictions(warehouse, cutoff_time, propensity, targets)
     return ScoringSummary(
         cutoff_time=cutoff_time,
         model_version=str(version.version),
@@ -125,19 +152,73 @@ def score_latest_cutoff(
         n_targets=len(targets),
         mean_score=float(scores.mean()),
         top_decile_mean_score=float(propensity.loc[propensity["decile"] == 1, "score"].mean()),
+        history_rows=history_rows,
+        history_cutoffs=history_cutoffs,
     )
 
 
-def _write_predictions(
+def write_predictions(
     warehouse: Path, cutoff_time: datetime, propensity: pd.DataFrame, targets: pd.DataFrame
-) -> None:
+) -> tuple[int, int]:
+    """Writes one scoring run in a single transaction: a failure anywhere (a crash, a bad row)
+    leaves all three tables as they were, and a rerun never doubles rows.
+
+    user_propensity and intervention_targets: the cutoff's rows are replaced. served_history:
+    the rows of the same (cutoff, model name, model version) are replaced, everything else is
+    kept. `propensity` has the user_propensity columns (one model version). The first write to
+    a warehouse without the history seeds it from user_propensity (every cutoff's last run).
+    Returns the served history's rows and distinct cutoffs after the write.
+    """
+    versions = propensity[["model_name", "model_version"]].drop_duplicates()
+    if len(versions) > 1:
+        raise ValueError(f"One scoring run writes one model version, got {len(versions)}")
+    history = propensity.loc[:, list(HISTORY_COLUMNS)]
     with duckdb.connect(str(warehouse)) as con:
-        for statement in _PREDICTIONS_DDL:
-            con.execute(statement)
+        tables = {
+            name
+            for (name,) in con.execute(
+                "select table_name from information_schema.tables "
+                "where table_schema = 'predictions'"
+            ).fetchall()
+        }
         con.execute("begin transaction")
-        for table, rows in (("user_propensity", propensity), ("intervention_targets", targets)):
-            con.execute(f"delete from predictions.{table} where cutoff_time = ?", [cutoff_time])
-            con.register("new_rows", rows)
-            con.execute(f"insert into predictions.{table} by name select * from new_rows")
-            con.unregister("new_rows")
-        con.execute("commit")
+        try:
+            for statement in _PREDICTIONS_DDL:
+                con.execute(statement)
+            if "served_history" not in tables and "user_propensity" in tables:
+                # A warehouse scored before the history existed: user_propensity still holds
+                # each past cutoff's last served rows, so the history starts with them.
+                columns = ", ".join(HISTORY_COLUMNS)
+                con.execute(
+                    f"insert into predictions.served_history ({columns}) "
+                    f"select {columns} from predictions.user_propensity"
+                )
+            for name, version in versions.itertuples(index=False):
+                con.execute(
+                    "delete from predictions.served_history where cutoff_time = ? "
+                    "and model_name = ? and model_version = ?",
+                    [cutoff_time, name, version],
+                )
+            _insert(con, "served_history", history)
+            for table, rows in (
+                ("user_propensity", propensity),
+                ("intervention_targets", targets),
+            ):
+                con.execute(f"delete from predictions.{table} where cutoff_time = ?", [cutoff_time])
+                _insert(con, table, rows)
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+        (n_rows, n_cutoffs) = con.execute(
+            "select count(*), count(distinct cutoff_time) from predictions.served_history"
+        ).fetchall()[0]
+    return int(n_rows), int(n_cutoffs)
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame) -> None:
+    """Inserts `rows` by column name. A failure leaves `new_rows` registered: the caller rolls
+    back and closes the connection (unregistering inside an aborted transaction would fail)."""
+    con.register("new_rows", rows)
+    con.execute(f"insert into predictions.{table} by name select * from new_rows")
+    con.unregister("new_rows")

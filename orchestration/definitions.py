@@ -26,6 +26,7 @@ def defs() -> dg.Definitions:
             training.seq_model,
             training.champion,
             scoring.propensity_scores,
+            scoring.served_performance_monitor,
         ],
         asset_checks=checks.ASSET_CHECKS,
         jobs=[jobs.full_pipeline, jobs.nightly_retraining, jobs.ingest_landing, jobs.backfill_days],

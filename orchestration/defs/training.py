@@ -121,8 +121,8 @@ class SeqStudyConfig(dg.Config):
     timeout_s: int = 3600
     seed: int = 42
     pruning: bool = True
-    max_epochs: int = 6
-    max_train_rows: int = 40_000
+    max_epochs: int = 4
+    max_train_rows: int = 20_000
     study_name: str = SEQ_STUDY_NAME
 
 
@@ -138,7 +138,9 @@ def load_split(time_roles: TimeRolesResource, with_sequences: bool = False) -> S
         n_promotion=time_roles.n_promotion_cutoffs,
         max_train_cutoffs=time_roles.max_train_cutoffs,
     )
-    return split_by_time(load_labeled_features(warehouse, with_sequences=with_sequences), split)
+    role_cutoffs = split.train_cutoffs + split.validation_cutoffs + split.promotion_cutoffs
+    labeled = load_labeled_features(warehouse, with_sequences=with_sequences, cutoffs=role_cutoffs)
+    return split_by_time(labeled, split)
 
 
 def start_mlflow() -> str:
@@ -583,6 +585,14 @@ def champion(
         min_gain=config.min_gain, confidence=config.confidence, n_resamples=config.n_resamples
     )
     window = data.split.describe()["promotion_cutoffs"]
+    scored: dict[str, np.ndarray] = {}
+
+    def scorer(version: str, X: pd.DataFrame) -> np.ndarray:
+        """Each version is loaded and scored once, for the gate and the family comparison."""
+        if version not in scored:
+            scored[version] = predict_version(MODEL_NAME, version, X)
+        return scored[version]
+
     decisions = []
     for version in versions:
         decision = promote(
@@ -593,6 +603,7 @@ def champion(
             users,
             gate=gate,
             window=window,
+            scorer=scorer,
         )
         context.log.info(f"Promotion of version {version}: {decision.reason}")
         decisions.append(decision)
@@ -601,7 +612,7 @@ def champion(
         (d.challenger_version for d in reversed(decisions) if d.promoted),
         decisions[-1].champion_version,
     )
-    family_versions, families = family_comparison(data, gate)
+    family_versions, families = family_comparison(data, gate, scorer)
     return dg.MaterializeResult(
         metadata={
             "champion_version": champion_version or "none",

@@ -118,6 +118,20 @@ def test_sequences_come_row_for_row_with_the_features(warehouse: Path) -> None:
     assert list(row["seconds_before_cutoff"]) == seconds
 
 
+def test_only_the_cutoffs_asked_for_are_read(warehouse: Path) -> None:
+    everything = load_labeled_features(warehouse, with_sequences=True).frame
+    chosen = sorted(everything["cutoff_time"].unique())[2:5:2]
+    some = load_labeled_features(warehouse, with_sequences=True, cutoffs=chosen).frame
+    expected = everything[everything["cutoff_time"].isin(chosen)].reset_index(drop=True)
+    assert sorted(some["cutoff_time"].unique()) == chosen and len(some) == len(expected) > 0
+    assert some[["user_id", "cutoff_time", "purchased"]].equals(
+        expected[["user_id", "cutoff_time", "purchased"]]
+    )
+    assert [len(s) for s in some["event_type_codes"]] == [
+        len(s) for s in expected["event_type_codes"]
+    ]
+
+
 def test_cutoffs_come_ordered_by_time(warehouse: Path) -> None:
     cutoffs = load_cutoffs(warehouse)
 
