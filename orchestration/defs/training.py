@@ -505,16 +505,15 @@ def decisions_table(decisions: list[PromotionDecision]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def family_comparison(data: SplitData, gate: GateConfig) -> tuple[dict[str, str], pd.DataFrame]:
-    """The newest version of each family scored now on the promotion window, and the paired
-    PR-AUC difference of each pair of families: (versions by family, table)."""
+def family_comparison(
+    data: SplitData, gate: GateConfig, scorer: Callable[[str, pd.DataFrame], np.ndarray]
+) -> tuple[dict[str, str], pd.DataFrame]:
+    """The newest version of each family scored now on the promotion window (by `scorer`), and
+    the paired PR-AUC difference of each pair of families: (versions by family, table)."""
     versions = newest_versions_by_family(mlflow.MlflowClient())
     promotion_input = data.model_input("promotion")
     users = data.keys_promotion["user_id"].to_numpy()
-    scores = {
-        family: predict_version(MODEL_NAME, version, promotion_input)
-        for family, version in versions.items()
-    }
+    scores = {family: scorer(version, promotion_input) for family, version in versions.items()}
     rows = []
     families = sorted(scores)
     for i, first in enumerate(families):
