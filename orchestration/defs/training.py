@@ -334,7 +334,10 @@ def evaluate_and_log(
     )
     context.log.info("Promotion window comparison:\n" + evaluation.window.markdown())
     start_mlflow()
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"{model}-final") as run:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        mlflow.start_run(run_name=f"{model.replace('_', '-')}-final") as run,
+    ):
         folder = Path(tmp) / model
         plots = evaluation_plots(data, evaluation, folder) + extra_plots(folder)
         logged = log_model(evaluation, plots)
