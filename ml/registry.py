@@ -107,11 +107,6 @@ def predict_version(model_name: str, version: str, X: pd.DataFrame) -> np.ndarra
     return np.asarray(model.predict(signature_columns(model, X)), dtype=float).reshape(-1)
 
 
-def score_version(model_name: str, version: str, X: pd.DataFrame, y: np.ndarray) -> float:
-    """PR-AUC of a registered version on (X, y)."""
-    return pr_auc(y, predict_version(model_name, version, X))
-
-
 Scorer = Callable[[str, pd.DataFrame], np.ndarray]
 
 
