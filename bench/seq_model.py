@@ -2,7 +2,8 @@
 
 For each device (the CPU always; CUDA with bf16 autocast and TF32 whenever torch sees a GPU),
 each encoder (``--encoders``, default GRU and Transformer) and each batch size (``--batch-sizes``,
-default 256, 512, 1024, 2048, 4096) it measures, with the project's own code in ``ml.seq_model``:
+default 256, 512, 1024, 2048, 4096) it measures, with the project's own code
+(``ml.families.torch_seq``):
 
 - **training**: ``train_epoch`` (forward, BCE with logits, backward, gradient clipping, AdamW
   step), one full batch per step through ``make_loader`` (pinned memory on CUDA), after two
@@ -11,8 +12,8 @@ default 256, 512, 1024, 2048, 4096) it measures, with the project's own code in 
   longest sequence) over ``--infer-sequences`` sequences, repeated until ``--min-seconds``;
 - on CUDA, the peak GPU memory of each measurement (``torch.cuda.max_memory_allocated``).
 
-It also times ``ml.sequences.pad_sequences`` + ``build_tensors`` (the one-off conversion of a
-split into tensors) on the CPU.
+It also times ``pad_sequences`` + ``build_tensors`` (``ml.families.torch_seq.inputs``; the
+one-off conversion of a split into tensors) on the CPU.
 
 Data: synthetic, so no warehouse is needed. ``--rows`` (default 65,536) sequences whose
 lengths are drawn uniformly from 1..``--max-length`` (default 50, the warehouse's
@@ -53,17 +54,14 @@ sys.path.insert(0, str(PROJECT_ROOT))  # so `ml` imports when run as a plain scr
 
 from bench.machine import machine_info  # noqa: E402
 from bench.train_xgb import SHARED_MACHINE_CORES, Meter  # noqa: E402
-from ml.seq_model import (  # noqa: E402
+from ml.families.torch_seq.inputs import (  # noqa: E402
     FeatureScaler,
-    SeqParams,
-    SequencePropensityNet,
     SequenceTensors,
     build_tensors,
-    configure_device,
     make_loader,
-    predict_logits,
-    train_epoch,
 )
+from ml.families.torch_seq.net import SeqParams, SequencePropensityNet  # noqa: E402
+from ml.families.torch_seq.train import configure_device, predict_logits, train_epoch  # noqa: E402
 
 DEFAULT_RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 MEASURED_PACKAGES = ("torch", "numpy", "mlflow", "optuna")
@@ -339,8 +337,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )
 
     report = {
-        "benchmark": "sequence model training (ml.seq_model.train_epoch) and inference "
-        "(ml.seq_model.predict_logits) throughput",
+        "benchmark": "sequence model training (ml.families.torch_seq.train.train_epoch) and "
+        "inference (ml.families.torch_seq.train.predict_logits) throughput",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(MEASURED_PACKAGES, "ml"),
         "gpu": gpu,

@@ -2,20 +2,23 @@
 
 Two measurements:
 
-1. **Fit time.** ``ml.xgb.train_xgb`` on ``--rows`` training rows (default 250k, 1M, 2M) for a
-   fixed number of boosting rounds (``--rounds``, default 200: early stopping is set beyond the
-   round budget so it never stops a fit), typical parameters (max_depth 6, eta 0.1, hist trees),
-   evaluated on ``--fit-validation-rows`` validation rows every round as the pipeline does. On the
-   CPU always, and on CUDA too when ``ml.xgb.xgb_device()`` says "cuda". Reports seconds, CPU
-   seconds of this process, seconds per million rows and rows per second. The time includes the
-   DMatrix construction inside ``train_xgb``; that part is also timed on its own.
-2. **Optuna trials per minute with and without pruning.** ``ml.tuning.tune_xgb`` on a
-   ``SplitData`` of ``--tune-train-rows`` / ``--tune-validation-rows`` rows, ``--trials`` trials
-   each with ``TuningConfig(pruning=True)`` and ``pruning=False``, the same sampler seed, a fresh
-   journal storage in a temporary folder and an MLflow tracking store (sqlite) in that folder, so
-   nothing lands in the repository. Each study runs inside a parent MLflow run; ``tune_xgb`` adds
-   one nested run per trial. Reports trials per minute, pruned and complete counts, the best
-   validation PR-AUC and whether pruning=False really reported no intermediate values.
+1. **Fit time.** ``train_xgb`` (``ml.families.xgboost.model``) on ``--rows`` training rows
+   (default 250k, 1M, 2M) for a fixed number of boosting rounds (``--rounds``, default 200: early
+   stopping is set beyond the round budget so it never stops a fit), typical parameters
+   (max_depth 6, eta 0.1, hist trees), evaluated on ``--fit-validation-rows`` validation rows
+   every round as the pipeline does. On the CPU always, and on CUDA too when ``xgb_device()``
+   says "cuda". Reports seconds, CPU seconds of this process, seconds per million rows and rows
+   per second. The time includes the DMatrix construction inside ``train_xgb``; that part is also
+   timed on its own.
+
+2. **Optuna trials per minute with and without pruning.** ``ml.study.tune`` with the XGBoost
+   family on a ``SplitData`` of ``--tune-train-rows`` / ``--tune-validation-rows`` rows,
+   ``--trials`` trials each with ``TuningConfig(pruning=True)`` and ``pruning=False``, the same
+   sampler seed, a fresh journal storage in a temporary folder and an MLflow tracking store
+   (sqlite) in that folder, so nothing lands in the repository. Each study runs inside a parent
+   MLflow run; ``tune_xgb`` adds one nested run per trial. Reports trials per minute, pruned and
+   complete counts, the best validation PR-AUC and whether pruning=False really reported no
+   intermediate values.
 
 The rows come from the real feature warehouse when there is one (``--warehouse``, default the
 project's ``.local/warehouse.duckdb``): the features and labels of ``marts.user_features`` /
@@ -69,9 +72,11 @@ sys.path.insert(0, str(PROJECT_ROOT))  # so `ml` imports when run as a plain scr
 from bench.machine import machine_info  # noqa: E402
 from ml import settings  # noqa: E402
 from ml.dataset import KEY_COLUMNS, LABEL_COLUMN, load_labeled_features  # noqa: E402
+from ml.families.xgboost import FAMILY as XGBOOST  # noqa: E402
+from ml.families.xgboost.model import to_dmatrix, train_xgb, xgb_device  # noqa: E402
+from ml.families.xgboost.search import XGBoostSearch  # noqa: E402
 from ml.splits import SplitData, TimeSplit  # noqa: E402
-from ml.tuning import TuningConfig, optuna_storage, tune_xgb  # noqa: E402
-from ml.xgb import to_dmatrix, train_xgb, xgb_device  # noqa: E402
+from ml.study import StudyBudget, TuningResult, optuna_storage, tune  # noqa: E402
 
 DEFAULT_RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 MILLION = 1_000_000
@@ -443,12 +448,43 @@ def bench_split(source: DataSource, args: argparse.Namespace) -> SplitData:
     )
 
 
+@dataclass(frozen=True)
+class TuningConfig:
+    """A study budget and the XGBoost search settings of one benchmarked study."""
+
+    n_trials: int
+    study_name: str
+    storage: str
+    pruning: bool
+    num_boost_round: int
+    early_stopping_rounds: int
+    seed: int = 42
+    timeout_s: float = 3600
+    strategies: tuple[str, ...] = ("none", "class_weight", "random_under", "random_over", "smote")
+
+
+def tune_xgb(data: SplitData, config: TuningConfig, log) -> TuningResult:
+    """ml.study.tune with the XGBoost family."""
+    budget = StudyBudget(
+        n_trials=config.n_trials,
+        timeout_s=config.timeout_s,
+        seed=config.seed,
+        study_name=config.study_name,
+        storage=config.storage,
+        pruning=config.pruning,
+    )
+    search = XGBoostSearch(
+        list(config.strategies), config.num_boost_round, config.early_stopping_rounds
+    )
+    return tune(XGBOOST, data, budget, search, log=log)
+
+
 def rounds_trained(trial: FrozenTrial, config: TuningConfig) -> int:
     """Boosting rounds a trial trained: up to the pruning step, or until early stopping ended it
     (best iteration + early_stopping_rounds + 1) or the round budget ran out."""
     if trial.state == TrialState.PRUNED:
         return trial.last_step + 1 if trial.last_step is not None else 0
-    best = trial.user_attrs.get("best_iteration")
+    best = trial.user_attrs.get("best_step", trial.user_attrs.get("best_iteration"))
     if best is None:
         return 0
     return min(best + config.early_stopping_rounds + 1, config.num_boost_round)
@@ -512,7 +548,7 @@ def bench_tuning(data: SplitData, args: argparse.Namespace, work_dir: Path) -> l
                 "max_depth": t.params.get("max_depth"),
                 "eta": round(t.params.get("eta", float("nan")), 4),
                 "value": None if t.value is None else round(t.value, 4),
-                "best_iteration": t.user_attrs.get("best_iteration"),
+                "best_iteration": t.user_attrs.get("best_step"),
                 "pruned_at_round": t.last_step if t.state == TrialState.PRUNED else None,
                 "reported_rounds": len(t.intermediate_values),
                 "rounds_trained": rounds_trained(t, config),
@@ -564,7 +600,6 @@ def bench_tuning(data: SplitData, args: argparse.Namespace, work_dir: Path) -> l
 MEASURED_PACKAGES = (
     "xgboost",
     "optuna",
-    "optuna-integration",
     "mlflow",
     "numpy",
     "pandas",
@@ -582,7 +617,7 @@ def write_results(
 ) -> None:
     machine = machine_info(MEASURED_PACKAGES, "ml")
     report = {
-        "benchmark": "XGBoost fit time (ml.xgb.train_xgb) and Optuna tuning (ml.tuning.tune_xgb)",
+        "benchmark": "XGBoost fit time (train_xgb) and Optuna tuning (ml.study.tune)",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine,
         "gpu": gpu,

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 KEY_COLUMNS = ("user_id", "cutoff_time")
@@ -158,3 +159,17 @@ def load_cutoffs(warehouse: Path) -> pd.DataFrame:
     """`marts.cutoffs` ordered by time: the input of `ml.splits.choose_time_split`."""
     with _connect(warehouse) as con:
         return con.sql("select * from marts.cutoffs order by cutoff_time").df()
+
+
+def select_features(model_input: pd.DataFrame, feature_columns: Sequence[str]) -> pd.DataFrame:
+    """Exactly the model's feature columns, in training order, as float64.
+
+    Extra columns (keys, labels) are ignored; a missing feature is an error, because silently
+    scoring it as "missing" would give wrong probabilities without anyone noticing.
+    """
+    missing = [column for column in feature_columns if column not in model_input.columns]
+    if missing:
+        raise ValueError(
+            f"The input lacks {len(missing)} feature column(s) the model was trained on: {missing}"
+        )
+    return model_input[list(feature_columns)].astype(np.float64)

@@ -30,11 +30,17 @@ and says so (`TimeSplit.history_warning`).
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ml.dataset import KEY_COLUMNS, LABEL_COLUMN, SEQUENCE_COLUMNS, LabeledFeatures
 
@@ -273,3 +279,83 @@ def split_by_time(data: LabeledFeatures, split: TimeSplit) -> SplitData:
         sequences_validation=sequences(validation),
         sequences_promotion=sequences(promotion),
     )
+
+
+# A frozen copy of the roles' rows. Training reads this copy rather than the warehouse: every
+# study, final model and gate of a run then sees the same rows, none of them holds the
+# warehouse's lock, so they can run side by side, and a study's kept model can be matched with
+# the exact data it was fitted on (the snapshot id).
+SNAPSHOT_POINTER = "current.json"
+SNAPSHOT_ROWS = "rows.parquet"
+SNAPSHOT_ROLES = "roles.json"
+SNAPSHOTS_KEPT = 2
+
+
+def save_split_snapshot(labeled: LabeledFeatures, split: TimeSplit, folder: Path) -> str:
+    """Writes the rows of the roles' cutoffs and the roles themselves into a new snapshot under
+    `folder`, then points `folder/current.json` at it; returns the snapshot's id.
+
+    Crash-safe: the pointer is replaced atomically once the snapshot is complete, so a reader
+    sees the old snapshot or the new one; a half-written snapshot is never pointed at and is
+    removed by a later save, which keeps the newest SNAPSHOTS_KEPT.
+    """
+    role_cutoffs = pd.to_datetime(
+        [*split.train_cutoffs, *split.validation_cutoffs, *split.promotion_cutoffs]
+    )
+    frame = labeled.frame[labeled.frame["cutoff_time"].isin(role_cutoffs)]
+    snapshot_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    target = Path(folder) / snapshot_id
+    target.mkdir(parents=True)
+    frame.to_parquet(target / SNAPSHOT_ROWS, index=False)
+    roles = {
+        "snapshot_id": snapshot_id,
+        "train_cutoffs": [c.isoformat() for c in split.train_cutoffs],
+        "validation_cutoffs": [c.isoformat() for c in split.validation_cutoffs],
+        "promotion_cutoffs": [c.isoformat() for c in split.promotion_cutoffs],
+        "horizon_seconds": split.horizon.total_seconds(),
+        "history_warning": split.history_warning,
+        "feature_columns": list(labeled.feature_columns),
+    }
+    (target / SNAPSHOT_ROLES).write_text(json.dumps(roles, indent=2))
+    pointer = Path(folder) / SNAPSHOT_POINTER
+    staging = pointer.with_name(f"{SNAPSHOT_POINTER}.tmp-{os.getpid()}")
+    staging.write_text(json.dumps({"snapshot_id": snapshot_id}))
+    os.replace(staging, pointer)
+    others = [p for p in Path(folder).iterdir() if p.is_dir() and p.name != snapshot_id]
+    complete = sorted(
+        (p for p in others if (p / SNAPSHOT_ROLES).exists()), key=lambda p: p.stat().st_mtime_ns
+    )
+    kept = complete[len(complete) - (SNAPSHOTS_KEPT - 1) :] if SNAPSHOTS_KEPT > 1 else []
+    for stale in others:
+        if stale not in kept:
+            shutil.rmtree(stale, ignore_errors=True)
+    return snapshot_id
+
+
+def load_split_snapshot(folder: Path, with_sequences: bool = False) -> tuple[SplitData, str]:
+    """The current snapshot's roles as SplitData (sequences only when asked for) and its id.
+
+    Raises FileNotFoundError with what to materialize when there is no snapshot yet.
+    """
+    pointer = Path(folder) / SNAPSHOT_POINTER
+    if not pointer.exists():
+        raise FileNotFoundError(
+            f"No split snapshot in {folder}: materialize training/time_split first"
+        )
+    snapshot_id = json.loads(pointer.read_text())["snapshot_id"]
+    target = Path(folder) / snapshot_id
+    roles = json.loads((target / SNAPSHOT_ROLES).read_text())
+    columns = None
+    if not with_sequences:
+        names = pq.read_schema(target / SNAPSHOT_ROWS).names
+        columns = [name for name in names if name not in SEQUENCE_COLUMNS]
+    frame = pd.read_parquet(target / SNAPSHOT_ROWS, columns=columns)
+    split = TimeSplit(
+        train_cutoffs=tuple(datetime.fromisoformat(c) for c in roles["train_cutoffs"]),
+        validation_cutoffs=tuple(datetime.fromisoformat(c) for c in roles["validation_cutoffs"]),
+        promotion_cutoffs=tuple(datetime.fromisoformat(c) for c in roles["promotion_cutoffs"]),
+        horizon=timedelta(seconds=roles["horizon_seconds"]),
+        history_warning=roles["history_warning"],
+    )
+    labeled = LabeledFeatures(frame=frame, feature_columns=list(roles["feature_columns"]))
+    return split_by_time(labeled, split), snapshot_id

@@ -13,36 +13,28 @@ import importlib.metadata
 import math
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
-import xgboost as xgb
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
-from mlflow.types import ColSpec, DataType, Schema
-from mlflow.types.schema import Array
+from mlflow.types import ColSpec, Schema
 
-from ml.dataset import SEQUENCE_COLUMNS
 from ml.evaluation.bootstrap import BOOTSTRAP_METRICS
 from ml.evaluation.final import FinalEvaluation
-from ml.propensity_model import BOOSTER_ARTIFACT, PropensityModel
 from ml.registry import MODEL_NAME
 from ml.settings import PROJECT_ROOT
 from ml.splits import SplitData
-from ml.xgb import predict_proba
-
-if TYPE_CHECKING:  # torch is imported only when a sequence model is logged
-    from ml.seq_model import TrainedSequenceModel
 
 DEFAULT_EXPERIMENT = "purchase-propensity"
-FAMILY = PropensityModel.family
 # What loading the model needs besides this project's `ml` package (which must be importable:
 # the PythonModel is pickled by reference). Listed rather than inferred: MLflow's inference runs
 # the model in a subprocess and takes seconds per model.
@@ -75,7 +67,7 @@ def configure_mlflow(
     existing experiment's artifacts); a plain path becomes a file:// URI. Returns the experiment id.
     """
     mlflow.set_tracking_uri(tracking_uri)
-    experiment = mlflow.get_experiment_by_name(experiment_name)
+    experiment = _experiment_by_name(experiment_name)
     if experiment is None:
         location = artifact_location
         if location is not None and "://" not in str(location):
@@ -92,6 +84,20 @@ def configure_mlflow(
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def _experiment_by_name(name: str, attempts: int = 3) -> mlflow.entities.Experiment | None:
+    """`mlflow.get_experiment_by_name`, retried when another process is creating a new SQLite
+    store's tables at the same moment ("table ... already exists"): the first access of a
+    store creates its schema, and two first accesses at once race."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return mlflow.get_experiment_by_name(name)
+        except Exception as error:
+            if "already exists" not in str(error) or attempt == attempts:
+                raise
+            time.sleep(attempt)
+    return None
 
 
 def git_commit(repo: Path = PROJECT_ROOT) -> str:
@@ -169,7 +175,7 @@ def model_card(
     data: SplitData,
     evaluation: FinalEvaluation,
     params: Mapping[str, Any],
-    primary_model: str = FAMILY,
+    primary_model: str,
 ) -> str:
     """A markdown card: what the model predicts, which window played which role, how well it
     does with intervals, by segment, how calibrated it is, and its limits."""
@@ -251,111 +257,13 @@ def _active_or_new_run(run_name: str) -> Iterator[mlflow.ActiveRun]:
             yield run
 
 
-def log_final_model(
-    booster: xgb.Booster,
-    data: SplitData,
-    evaluation: FinalEvaluation,
-    params: Mapping[str, Any],
-    plot_paths: Sequence[Path] = (),
-    tags: Mapping[str, str] | None = None,
-    registered_model_name: str = MODEL_NAME,
-    run_name: str = "xgboost-final",
-) -> LoggedModel:
-    """Logs the final XGBoost model and its evidence into the active run (or a new one), and
-    registers it as a new version of `registered_model_name` with the tag family=xgboost.
-
-    `evaluation` (`ml.evaluation.final.evaluate_final_model`) holds the calibration, which goes
-    into the pyfunc, and the figures (see `evaluation_metrics`). Each plot is logged as
-    `plots/<its folder name>/<file name>`.
-    """
-
-    def save_booster(work: Path) -> dict[str, str]:
-        booster_path = work / "booster.ubj"
-        booster.save_model(str(booster_path))
-        return {BOOSTER_ARTIFACT: str(booster_path)}
-
-    sample = data.X_train.head(200)
-    return _log_model_with_evidence(
-        family=FAMILY,
-        python_model=PropensityModel(
-            data.feature_columns, calibration=evaluation.calibrator.to_dict()
-        ),
-        save_artifacts=save_booster,
-        signature=feature_signature(sample, predict_proba(booster, sample)),
-        input_example=data.X_train.head(5),
-        requirements=_pinned(MODEL_REQUIREMENTS),
-        data=data,
-        evaluation=evaluation,
-        params=params,
-        plot_paths=plot_paths,
-        tags=tags,
-        registered_model_name=registered_model_name,
-        run_name=run_name,
-    )
-
-
-def log_sequence_model(
-    trained: TrainedSequenceModel,
-    data: SplitData,
-    evaluation: FinalEvaluation,
-    params: Mapping[str, Any],
-    plot_paths: Sequence[Path] = (),
-    tags: Mapping[str, str] | None = None,
-    registered_model_name: str = MODEL_NAME,
-    run_name: str = "torch-seq-final",
-) -> LoggedModel:
-    """Logs a trained sequence model with the same evidence as `log_final_model` (metrics,
-    plots, comparison table, model card, lineage, signature, input example) and registers it
-    with the tag family=torch-seq.
-
-    The logged parameters are the model's SeqParams, its loss weighting (strategy
-    "class_weight" when positives weigh more, positive_weight), best epoch and training
-    device, updated by `params` (e.g. the study's name). Signature and input example come from
-    `data.model_input("train")`: the feature columns and the four sequence columns as arrays
-    (see `sequence_signature`).
-    """
-    # Here rather than at the top: importing torch takes seconds, and XGBoost-only users of
-    # this module (and the Dagster code location) should not pay for it.
-    from ml.seq_model import predict_proba as predict_sequence_proba
-    from ml.seq_propensity_model import SequencePropensityModel
-    from ml.seq_propensity_model import save_artifacts as save_sequence_artifacts
-
-    logged_params = {
-        **trained.params.to_dict(),
-        # As in ml.resampling: a positive weight is the class_weight strategy.
-        "strategy": "class_weight" if trained.positive_weight > 1 else "none",
-        "positive_weight": round(trained.positive_weight, 6),
-        "best_epoch": trained.best_epoch,
-        "trained_on": trained.device,
-        **params,
-    }
-    sample = data.model_input("train").head(200)
-    return _log_model_with_evidence(
-        family=SequencePropensityModel.family,
-        python_model=SequencePropensityModel(
-            trained.feature_columns, calibration=evaluation.calibrator.to_dict()
-        ),
-        save_artifacts=lambda work: save_sequence_artifacts(trained, work / "torch"),
-        signature=sequence_signature(sample, predict_sequence_proba(trained, sample)),
-        input_example=sample.head(5),
-        requirements=_pinned((*MODEL_REQUIREMENTS, "torch")),
-        data=data,
-        evaluation=evaluation,
-        params=logged_params,
-        plot_paths=plot_paths,
-        tags=tags,
-        registered_model_name=registered_model_name,
-        run_name=run_name,
-    )
-
-
-def _pinned(packages: Sequence[str]) -> list[str]:
+def pinned(packages: Sequence[str]) -> list[str]:
     """`name==version` of the installed packages, without a local version label such as
     torch's "+cpu" (no index serves that wheel; the same version with CUDA satisfies it)."""
     return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in packages]
 
 
-def _log_model_with_evidence(
+def log_model_with_evidence(
     *,
     family: str,
     python_model: mlflow.pyfunc.PythonModel,
@@ -420,27 +328,6 @@ def feature_signature(X: pd.DataFrame, probabilities: np.ndarray) -> ModelSignat
     inferred = infer_signature(X, probabilities)
     inputs = Schema([ColSpec(spec.type, spec.name) for spec in inferred.inputs.inputs])
     return ModelSignature(inputs=inputs, outputs=inferred.outputs)
-
-
-def sequence_signature(model_input: pd.DataFrame, probabilities: np.ndarray) -> ModelSignature:
-    """`feature_signature` of the feature columns, then the SEQUENCE_COLUMNS as array columns.
-
-    Given explicitly: MLflow 3.17 infers Array types only from int64/int32/float cells and fails
-    on the warehouse's uint8 event codes. Its schema enforcement then converts every cell to the
-    declared type, which costs tens of microseconds per row at predict time (measured: 40-90 us
-    per row with 25-event sequences).
-    """
-    features = [column for column in model_input.columns if column not in SEQUENCE_COLUMNS]
-    signature = feature_signature(model_input[features], probabilities)
-    sequence_specs = [
-        ColSpec(Array(DataType.long), "event_type_codes"),
-        ColSpec(Array(DataType.long), "category_indexes"),
-        ColSpec(Array(DataType.double), "prices"),
-        ColSpec(Array(DataType.double), "seconds_before_cutoff"),
-    ]
-    assert [spec.name for spec in sequence_specs] == list(SEQUENCE_COLUMNS)
-    inputs = Schema([*signature.inputs.inputs, *sequence_specs])
-    return ModelSignature(inputs=inputs, outputs=signature.outputs)
 
 
 def _log_comparison_table(table: pd.DataFrame, work: Path) -> None:

@@ -30,7 +30,7 @@ from orchestration.defs.jobs import (
     multiprocess_execution,
     nightly_retraining_job,
 )
-from orchestration.defs.schedules import TUNING_OP, build_nightly_schedule
+from orchestration.defs.schedules import build_nightly_schedule, study_ops
 from orchestration.instance import prepare_dagster_home
 
 SYNTHETIC_OP = "landing__synthetic_events"
@@ -85,7 +85,8 @@ def nightly_request(cutoff: datetime, n_trials: int | None) -> tuple[dict, dict[
     (request,) = schedule.evaluate_tick(context).run_requests
     run_config = copy.deepcopy(dict(request.run_config))
     if n_trials is not None:
-        run_config["ops"][TUNING_OP]["config"]["n_trials"] = n_trials
+        for study_op, _ in study_ops().values():
+            run_config["ops"][study_op]["config"]["n_trials"] = n_trials
     return run_config, dict(request.tags)
 
 
@@ -191,7 +192,11 @@ def run_backfill(first: date, last: date) -> tuple[str, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-trials", type=int, help="Optuna trials this night (default 15)")
+    parser.add_argument(
+        "--n-trials",
+        type=int,
+        help="Optuna trials of every study this night (default: each family's)",
+    )
     sub = parser.add_subparsers(dest="command")
     backfill = sub.add_parser("backfill", help="simulate and rebuild days FIRST..LAST")
     backfill.add_argument("first", type=date.fromisoformat)

@@ -15,6 +15,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from ml import settings
 from ml.data.synthetic import SyntheticConfig
+from ml.families import all_families
 from ml.registry import CHAMPION, MODEL_NAME, newest_versions_by_family
 from orchestration.defs.ingest import SyntheticEventsConfig
 from orchestration.defs.jobs import CUTOFF_TAG, full_pipeline_job, multiprocess_execution
@@ -99,7 +100,8 @@ def model_summary(instance: dg.DagsterInstance) -> list[str]:
             f"  promotion window {gate.get('promotion_window')}: {gate.get('promotion_rows'):,} "
             f"rows, {gate.get('promotion_buyers'):,} buyers, {gate.get('promotion_users'):,} users"
         )
-    for study in ("xgb_study", "seq_study"):
+    for family in all_families():
+        study = f"{family.asset_prefix}_study"
         metadata = latest_metadata(instance, "training", study)
         if metadata.get("timed_out"):
             lines.append(

@@ -18,6 +18,7 @@ carry it without pickling a scikit-learn object.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
@@ -95,4 +96,11 @@ def fit_calibrator(scores: np.ndarray, y: np.ndarray, method: str = "sigmoid") -
         "isotonic",
         x=[float(v) for v in isotonic.X_thresholds_],
         y=[float(v) for v in isotonic.y_thresholds_],
+    )
+
+
+def calibrate(raw_scores: np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
+    """The calibrated probabilities of a family's raw scores (unchanged without calibration)."""
+    return (
+        raw_scores if calibration is None else Calibrator.from_dict(calibration).apply(raw_scores)
     )

@@ -33,7 +33,7 @@ from ml.monitoring import (
 )
 from ml.splits import choose_time_split
 from orchestration.defs.jobs import CUTOFF_TAG, RAW_EVENTS
-from orchestration.defs.resources import WAREHOUSE_POOL
+from orchestration.defs.resources import WAREHOUSE_POOL, TimeRolesResource
 
 LABELS = dg.AssetKey(["marts", "labels"])
 USER_FEATURES = dg.AssetKey(["marts", "user_features"])
@@ -99,10 +99,18 @@ def raw_events_fresh(
     return to_result(outcome, RAW_EVENTS, "raw_events_fresh")
 
 
-def drift_outcome(con: duckdb.DuckDBPyConnection, threshold: float) -> CheckOutcome:
-    """PSI per feature: the training cutoffs of the time split against the latest cutoff."""
+def drift_outcome(
+    con: duckdb.DuckDBPyConnection, threshold: float, time_roles: TimeRolesResource
+) -> CheckOutcome:
+    """PSI per feature: the training cutoffs of the roles training will use (the run's
+    `time_roles`) against the latest cutoff."""
     try:
-        split = choose_time_split(con.sql("select * from marts.cutoffs order by cutoff_time").df())
+        split = choose_time_split(
+            con.sql("select * from marts.cutoffs order by cutoff_time").df(),
+            n_validation=time_roles.n_validation_cutoffs,
+            n_promotion=time_roles.n_promotion_cutoffs,
+            max_train_cutoffs=time_roles.max_train_cutoffs,
+        )
     except ValueError as error:
         return CheckOutcome(False, f"No training window to compare with: {error}")
     columns = [
@@ -183,7 +191,7 @@ MART_CHECKS = [
     description="Label rate, feature drift and NULLs on the marts, in one read-only pass.",
 )
 def mart_checks(
-    context: dg.AssetCheckExecutionContext, config: DriftConfig
+    context: dg.AssetCheckExecutionContext, config: DriftConfig, time_roles: TimeRolesResource
 ) -> Iterator[dg.AssetCheckResult]:
     selected = {key.name for key in context.selected_asset_check_keys}
     with connect() as con:
@@ -191,7 +199,7 @@ def mart_checks(
             yield to_result(label_rate_outcome(con), LABELS, "label_rate_in_band")
         if "feature_drift_psi" in selected:
             yield to_result(
-                drift_outcome(con, config.psi_threshold),
+                drift_outcome(con, config.psi_threshold, time_roles),
                 USER_FEATURES,
                 "feature_drift_psi",
                 dg.AssetCheckSeverity.WARN,

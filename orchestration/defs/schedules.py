@@ -20,24 +20,27 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from ml.families import all_families
 from orchestration.defs.jobs import CUTOFF_TAG, nightly_retraining
 
 NIGHTLY_CRON = "0 2 * * *"
 DEFAULT_TIMEZONE = "UTC"
 TIMEZONE_VARIABLE = "PROPENSITY_SCHEDULE_TIMEZONE"
 AUTOMATION_VARIABLE = "PROPENSITY_AUTOMATION"
-# training.STUDY_NAME and SEQ_STUDY_NAME; not imported to keep this module light.
-STUDY_NAME = "purchase-propensity-xgb"
-SEQ_STUDY_NAME = "purchase-propensity-torch-seq"
 DBT_OP = "warehouse_dbt_models"
-# Ops that read the Optuna study by name. A study per data window: a study's best value is a
-# validation PR-AUC, and a best trial scored on last week's validation day cannot be compared
-# with trials scored on today's. Each model family: its study's base name and the ops reading it.
-STUDY_OPS = {
-    STUDY_NAME: ("training__xgb_study", "training__resampled_train", "training__xgb_model"),
-    SEQ_STUDY_NAME: ("training__seq_study", "training__seq_model"),
-}
-TUNING_OP = "training__xgb_study"
+
+
+def study_ops() -> dict[str, tuple[str, str]]:
+    """Each model family's study base name and the ops that read the study by name (its study
+    and final model). A study per data window: a study's best value is a validation PR-AUC, and
+    a best trial scored on last week's validation days cannot be compared with today's."""
+    return {
+        family.study_name: (
+            f"training__{family.asset_prefix}_study",
+            f"training__{family.asset_prefix}_model",
+        )
+        for family in all_families()
+    }
 
 
 def schedule_timezone() -> str:
@@ -68,18 +71,20 @@ def cutoff_text(cutoff: datetime) -> str:
     return cutoff.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def window_study_name(cutoff: datetime, base_name: str = STUDY_NAME) -> str:
+def window_study_name(cutoff: datetime, base_name: str) -> str:
     return f"{base_name}-{cutoff:%Y%m%d}"
 
 
 def nightly_run_config(cutoff: datetime, n_trials: int | None = None) -> dict[str, Any]:
-    """Run config of a night: dbt as of the cutoff, and a study per data window."""
+    """Run config of a night: dbt as of the cutoff, and a study per data window; `n_trials`,
+    when given, is every study's budget."""
     ops: dict[str, Any] = {DBT_OP: {"config": {"as_of": cutoff_text(cutoff)}}}
-    for base_name, study_ops in STUDY_OPS.items():
-        for op in study_ops:
-            ops[op] = {"config": {"study_name": window_study_name(cutoff, base_name)}}
-    if n_trials is not None:
-        ops[TUNING_OP]["config"]["n_trials"] = n_trials
+    for base_name, (study_op, model_op) in study_ops().items():
+        config = {"study_name": window_study_name(cutoff, base_name)}
+        ops[study_op] = {
+            "config": {**config, **({} if n_trials is None else {"n_trials": n_trials})}
+        }
+        ops[model_op] = {"config": config}
     return {"ops": ops}
 
 

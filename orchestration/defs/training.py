@@ -1,23 +1,23 @@
-"""Training: two model families, each tuned by Optuna on the tuning role's cutoffs, fitted,
-calibrated, compared with the baselines on the promotion window (every figure with a user-level
-interval) and registered in MLflow; then one promotion gate for both.
+"""Training: one study asset and one final-model asset per registered model family
+(ml.families), built by the factories below, then one promotion gate for all of them.
 
-- XGBoost on the static features: xgb_study -> resampled_train -> xgb_model
-- a PyTorch sequence model on each shopper's recent events and the static features:
-  seq_study -> seq_model
-- champion: every new version, of either family, is compared with the current champion on the
+- time_split: the rows of each role's cutoffs (ml.splits), frozen once per run, so every asset
+  downstream sees the same windows and none of them holds the warehouse's lock
+- <family>_study: Optuna tunes the family on the tuning role (train + validation cutoffs)
+- <family>_model: the best parameters fitted (or the study's kept best model reused),
+  calibrated, compared with the baselines on the promotion window (every figure with a
+  user-level interval) and registered in MLflow
+- champion: every new version, of any family, is compared with the current champion on the
   promotion window, both scored now; it is promoted only when the paired difference's lower
   bound clears the minimum gain.
 
-Which cutoffs play which role (ml.splits) is the `time_roles` resource, so every asset of a run
-sees the same roles.
-
 Assets are thin: the work lives in ml/. Models travel through the MLflow registry and study state
-through Optuna storage; nothing here passes a model through an IO manager. Every asset that opens
-the warehouse (read-only here) runs in the warehouse pool, so it never meets a writer's lock.
+through Optuna storage; nothing here passes a model through an IO manager.
 """
 
+import dataclasses
 import tempfile
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,18 +26,19 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
+from pydantic import create_model
 
 from ml import settings
-from ml.dataset import LABEL_COLUMN, load_cutoffs, load_labeled_features
+from ml.dataset import load_cutoffs, load_labeled_features
 from ml.evaluation import (
     CALIBRATION_METHODS,
     paired_differences,
     save_calibration_comparison_plot,
     save_evaluation_plots,
-    save_feature_importance_plot,
-    save_shap_summary_plot,
 )
 from ml.evaluation.final import FinalEvaluation, evaluate_final_model
+from ml.families import all_families
+from ml.families.base import ModelFamily, TrainedModel
 from ml.registry import (
     MODEL_NAME,
     GateConfig,
@@ -46,111 +47,39 @@ from ml.registry import (
     predict_version,
     promote,
 )
-from ml.resampling import STRATEGIES, resample_training
-from ml.seq_model import predict_proba as seq_predict_proba
-from ml.seq_model import torch_device, train_sequence_model
-from ml.seq_tuning import SeqTuningConfig, load_best_seq_params, tune_sequence_model
-from ml.splits import (
-    SplitData,
-    choose_time_split,
-    split_by_time,
-)
-from ml.tracking import DEFAULT_EXPERIMENT, configure_mlflow, log_final_model, log_sequence_model
-from ml.tuning import (
-    DEFAULT_TARGET_RATIO,
-    STRATEGY_KEY,
-    TARGET_RATIO_KEY,
-    TuningConfig,
-    TuningResult,
+from ml.splits import SplitData, choose_time_split, load_split_snapshot, save_split_snapshot
+from ml.study import (
+    StudyBudget,
+    best_trial_number,
     load_best_params,
-    tune_xgb,
+    load_kept_model,
+    tune,
 )
-from ml.xgb import contributions, feature_importance, predict_proba, train_xgb, xgb_device
+from ml.tracking import DEFAULT_EXPERIMENT, configure_mlflow
 from orchestration.defs.resources import WAREHOUSE_POOL, TimeRolesResource
 
-FEATURE_MARTS = [
+SPLIT_MARTS = [
     dg.AssetKey(["marts", "user_features"]),
     dg.AssetKey(["marts", "labels"]),
     dg.AssetKey(["marts", "cutoffs"]),
+    dg.AssetKey(["marts", "user_sequences"]),
 ]
-SEQUENCE_MARTS = [*FEATURE_MARTS, dg.AssetKey(["marts", "user_sequences"])]
-STUDY_NAME = "purchase-propensity-xgb"
-SEQ_STUDY_NAME = "purchase-propensity-torch-seq"
-SAMPLE_WEIGHT_COLUMN = "sample_weight"
+TIME_SPLIT_KEY = dg.AssetKey(["training", "time_split"])
 
 
-class StudyConfig(dg.Config):
-    """Tuning budget: n_trials trials run, whatever the machine's speed. timeout_s is only a
-    safety net for the whole study; hitting it is reported (metadata `timed_out`)."""
-
-    n_trials: int = 15
-    timeout_s: int = 3600
-    seed: int = 42
-    pruning: bool = True
-    strategies: list[str] = list(STRATEGIES)
-    study_name: str = STUDY_NAME
+def snapshot_dir() -> Path:
+    return settings.training_dir() / "split"
 
 
-class ResamplingConfig(dg.Config):
-    """An empty strategy or a zero ratio means: take it from the study's best trial."""
-
-    strategy: str = ""
-    target_ratio: float = 0.0
-    study_name: str = STUDY_NAME
-    seed: int = 0
-
-
-class FinalModelConfig(dg.Config):
-    """calibration_method: sigmoid (keeps the ranking) or isotonic; n_resamples: user-level
-    bootstrap resamples behind every interval."""
-
-    study_name: str = STUDY_NAME
-    top_k_fraction: float = 0.1
-    calibration_method: str = "sigmoid"
-    n_resamples: int = 1000
-
-
-class SeqStudyConfig(dg.Config):
-    """Sequence model tuning budget; each trial trains up to max_epochs with early stopping.
-
-    The demo default fits a CPU: max_train_rows caps the training rows (every buyer is kept,
-    non-buyers are sampled); 0 trains on the whole train split, as a GPU can afford.
-    """
-
-    n_trials: int = 4
-    timeout_s: int = 3600
-    seed: int = 42
-    pruning: bool = True
-    max_epochs: int = 4
-    max_train_rows: int = 20_000
-    study_name: str = SEQ_STUDY_NAME
-
-
-class SeqModelConfig(FinalModelConfig):
-    study_name: str = SEQ_STUDY_NAME
-
-
-def load_split(time_roles: TimeRolesResource, with_sequences: bool = False) -> SplitData:
-    warehouse = settings.warehouse_path()
-    split = choose_time_split(
-        load_cutoffs(warehouse),
-        n_validation=time_roles.n_validation_cutoffs,
-        n_promotion=time_roles.n_promotion_cutoffs,
-        max_train_cutoffs=time_roles.max_train_cutoffs,
-    )
-    role_cutoffs = split.train_cutoffs + split.validation_cutoffs + split.promotion_cutoffs
-    labeled = load_labeled_features(warehouse, with_sequences=with_sequences, cutoffs=role_cutoffs)
-    return split_by_time(labeled, split)
+def kept_model_dir(study_name: str) -> Path:
+    """Where a study keeps its best trial's model for the final-model asset to reuse."""
+    return settings.training_dir() / "kept_models" / study_name
 
 
 def start_mlflow() -> str:
     return configure_mlflow(
         settings.mlflow_tracking_uri(), DEFAULT_EXPERIMENT, str(settings.mlflow_artifacts_dir())
     )
-
-
-def resampled_train_path() -> Path:
-    return settings.training_dir() / "train_resampled.parquet"
 
 
 def split_metadata(data: SplitData) -> dict[str, str | int]:
@@ -165,102 +94,152 @@ def split_metadata(data: SplitData) -> dict[str, str | int]:
     return metadata
 
 
-def run_study(
-    data: SplitData, study_name: str, device: str, tune: Callable[[], TuningResult]
+def load_roles(family: ModelFamily | None = None) -> tuple[SplitData, str]:
+    """The frozen roles (sequences when the family reads them, or for every family when
+    `family` is None) and the snapshot's id."""
+    with_sequences = family is None or family.uses_sequences
+    try:
+        return load_split_snapshot(snapshot_dir(), with_sequences=with_sequences)
+    except FileNotFoundError as missing:
+        raise dg.Failure(str(missing)) from missing
+
+
+@dg.asset(
+    key=TIME_SPLIT_KEY,
+    pool=WAREHOUSE_POOL,
+    group_name="training",
+    deps=SPLIT_MARTS,
+    description=(
+        "Which cutoffs tune, which decide promotion (the time_roles resource), and a frozen "
+        "copy of their rows (features, labels, sequences) that every training asset of the run "
+        "reads."
+    ),
+)
+def time_split(
+    context: dg.AssetExecutionContext, time_roles: TimeRolesResource
 ) -> dg.MaterializeResult:
-    """Runs `tune` inside the study's parent MLflow run (trials nest under it) and reports
-    the study as asset metadata; both families' study assets share it."""
-    with mlflow.start_run(run_name=f"study-{study_name}") as parent:
-        mlflow.set_tags({f"split_{k}": v for k, v in data.split.describe().items()})
-        result = tune()
-        mlflow.log_metric("best_validation_pr_auc", result.best_value)
-        mlflow.set_tag("timed_out", str(result.timed_out).lower())
+    # The MLflow store is created here, before the families' steps start side by side: two
+    # processes creating a new SQLite store at once race on its tables.
+    start_mlflow()
+    warehouse = settings.warehouse_path()
+    split = choose_time_split(
+        load_cutoffs(warehouse),
+        n_validation=time_roles.n_validation_cutoffs,
+        n_promotion=time_roles.n_promotion_cutoffs,
+        max_train_cutoffs=time_roles.max_train_cutoffs,
+    )
+    role_cutoffs = split.train_cutoffs + split.validation_cutoffs + split.promotion_cutoffs
+    labeled = load_labeled_features(warehouse, with_sequences=True, cutoffs=role_cutoffs)
+    snapshot_id = save_split_snapshot(labeled, split, snapshot_dir())
+    data, _ = load_split_snapshot(snapshot_dir(), with_sequences=False)
+    if split.history_warning:
+        context.log.warning(split.history_warning)
     return dg.MaterializeResult(
         metadata={
-            "best_validation_pr_auc": result.best_value,
-            "best_params": dg.MetadataValue.json(result.best_params),
-            "trials_total": result.n_trials_total,
-            "trials_requested": result.n_trials_requested,
-            "trials_this_run": result.n_trials_this_run,
-            "trials_pruned": result.n_pruned,
-            "timed_out": result.timed_out,
-            "device": device,
-            "optuna_storage": settings.optuna_storage(),
-            "mlflow_parent_run_id": parent.info.run_id,
+            "snapshot_id": snapshot_id,
+            "path": dg.MetadataValue.path(str(snapshot_dir() / snapshot_id)),
+            "n_features": len(data.feature_columns),
             **split_metadata(data),
         }
     )
 
 
-@dg.asset(
-    key=["training", "xgb_study"],
-    pool=WAREHOUSE_POOL,
-    group_name="training",
-    deps=FEATURE_MARTS,
-    description="Optuna study over XGBoost and resampling strategies (validation PR-AUC).",
-)
-def xgb_study(
-    context: dg.AssetExecutionContext, config: StudyConfig, time_roles: TimeRolesResource
-) -> dg.MaterializeResult:
-    data = load_split(time_roles)
-    start_mlflow()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # tune_xgb logs one line per trial
-    tuning = TuningConfig(
-        n_trials=config.n_trials,
-        timeout_s=config.timeout_s,
-        seed=config.seed,
-        study_name=config.study_name,
-        storage=settings.optuna_storage(),
-        pruning=config.pruning,
-        strategies=tuple(config.strategies),
-    )
-    return run_study(
-        data, config.study_name, xgb_device(), lambda: tune_xgb(data, tuning, log=context.log.info)
+def search_fields(family: ModelFamily) -> dict[str, tuple[type, object]]:
+    """The family's search settings as Launchpad config fields with their defaults."""
+    hints = typing.get_type_hints(family.search_settings)
+    defaults = family.search_settings()
+    return {
+        f.name: (hints[f.name], getattr(defaults, f.name))
+        for f in dataclasses.fields(family.search_settings)
+    }
+
+
+def study_config_class(family: ModelFamily) -> type[dg.Config]:
+    """Launchpad config of a family's study: the budget (n_trials trials run, whatever the
+    machine's speed; timeout_s is only a safety net for the whole study, and hitting it is
+    reported as metadata `timed_out`) and the family's search settings."""
+    return create_model(
+        f"{family.asset_prefix.title()}StudyConfig",
+        __base__=dg.Config,
+        __doc__=study_config_class.__doc__,
+        n_trials=(int, family.default_n_trials),
+        timeout_s=(int, 3600),
+        seed=(int, 42),
+        pruning=(bool, True),
+        study_name=(str, family.study_name),
+        **search_fields(family),
     )
 
 
-@dg.asset(
-    key=["training", "resampled_train"],
-    pool=WAREHOUSE_POOL,
-    group_name="training",
-    deps=[xgb_study],
-    description=(
-        "The training split resampled with the study's best strategy (or the configured one). "
-        "Validation and test are never resampled."
-    ),
-)
-def resampled_train(
-    context: dg.AssetExecutionContext, config: ResamplingConfig, time_roles: TimeRolesResource
-) -> dg.MaterializeResult:
-    data = load_split(time_roles)
-    best = load_best_params(config.study_name, settings.optuna_storage())
-    strategy = config.strategy or best[STRATEGY_KEY]
-    target_ratio = config.target_ratio or best.get(TARGET_RATIO_KEY, DEFAULT_TARGET_RATIO)
-    resampled = resample_training(
-        data.X_train, data.y_train, strategy, target_ratio=target_ratio, seed=config.seed
+def build_study_asset(family: ModelFamily) -> dg.AssetsDefinition:
+    config_class = study_config_class(family)
+    search_names = [f.name for f in dataclasses.fields(family.search_settings)]
+
+    @dg.asset(
+        key=["training", f"{family.asset_prefix}_study"],
+        group_name="training",
+        deps=[TIME_SPLIT_KEY],
+        description=(
+            f"Optuna study over the {family.name} family on the tuning role (validation "
+            f"PR-AUC, pruned {family.step_name} by {family.step_name})."
+        ),
     )
-    frame = resampled.X.assign(**{LABEL_COLUMN: resampled.y})
-    if resampled.sample_weight is not None:
-        frame[SAMPLE_WEIGHT_COLUMN] = resampled.sample_weight
-    path = resampled_train_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)
-    context.log.info(
-        f"{strategy} at ratio {target_ratio:.2f}: {resampled.counts_before} -> "
-        f"{resampled.counts_after}"
-    )
-    return dg.MaterializeResult(
-        metadata={
-            "strategy": strategy,
-            "target_ratio": float(target_ratio),
-            "train_negatives_before": resampled.counts_before.get(0, 0),
-            "train_positives_before": resampled.counts_before.get(1, 0),
-            "train_negatives_after": resampled.counts_after.get(0, 0),
-            "train_positives_after": resampled.counts_after.get(1, 0),
-            "validation_positive_rate": float(np.mean(data.y_validation)),
-            "path": dg.MetadataValue.path(str(path)),
-        }
-    )
+    def study(context: dg.AssetExecutionContext, config: config_class) -> dg.MaterializeResult:
+        data, snapshot_id = load_roles(family)
+        start_mlflow()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # tune logs one line per trial
+        budget = StudyBudget(
+            n_trials=config.n_trials,
+            timeout_s=config.timeout_s,
+            seed=config.seed,
+            study_name=config.study_name,
+            storage=settings.optuna_storage(),
+            pruning=config.pruning,
+        )
+        search = family.search_settings(**{name: getattr(config, name) for name in search_names})
+        with mlflow.start_run(run_name=f"study-{config.study_name}") as parent:
+            mlflow.set_tags({f"split_{k}": v for k, v in data.split.describe().items()})
+            mlflow.set_tags({"family": family.registry_tag, "snapshot_id": snapshot_id})
+            result = tune(
+                family,
+                data,
+                budget,
+                search,
+                log=context.log.info,
+                keep_best_in=kept_model_dir(config.study_name),
+                data_id=snapshot_id,
+            )
+            mlflow.log_metric("best_validation_pr_auc", result.best_value)
+            mlflow.set_tag("timed_out", str(result.timed_out).lower())
+        return dg.MaterializeResult(
+            metadata={
+                "best_validation_pr_auc": result.best_value,
+                "best_trial": result.best_trial_number,
+                "best_params": dg.MetadataValue.json(result.best_params),
+                "trials_total": result.n_trials_total,
+                "trials_requested": result.n_trials_requested,
+                "trials_this_run": result.n_trials_this_run,
+                "trials_pruned": result.n_pruned,
+                "timed_out": result.timed_out,
+                "device": family.device(),
+                "optuna_storage": settings.optuna_storage(),
+                "mlflow_parent_run_id": parent.info.run_id,
+                "snapshot_id": snapshot_id,
+                **split_metadata(data),
+            }
+        )
+
+    return study
+
+
+class FinalModelConfig(dg.Config):
+    """study_name: empty means the family's study; calibration_method: sigmoid (keeps the
+    ranking) or isotonic; n_resamples: user-level bootstrap resamples behind every interval."""
+
+    study_name: str = ""
+    top_k_fraction: float = 0.1
+    calibration_method: str = "sigmoid"
+    n_resamples: int = 1000
 
 
 def final_model_metadata(
@@ -311,165 +290,78 @@ def evaluation_plots(data: SplitData, evaluation: FinalEvaluation, folder: Path)
     return plots
 
 
-def evaluate_and_log(
+def fitted_best(
     context: dg.AssetExecutionContext,
+    family: ModelFamily,
     data: SplitData,
-    config: FinalModelConfig,
-    model: str,
-    raw_scores: Callable[[pd.DataFrame], np.ndarray],
-    log_model: Callable[[FinalEvaluation, list[Path]], object],
-    extra_plots: Callable[[Path], list[Path]] = lambda folder: [],
-) -> dg.MaterializeResult:
-    """What every family's final-model asset does after training: calibrate and evaluate
-    (ml.evaluation.final), draw the plots, log and register in one MLflow run, report."""
-    if config.calibration_method not in CALIBRATION_METHODS:
-        raise dg.Failure(f"calibration_method must be one of {CALIBRATION_METHODS}")
-    evaluation = evaluate_final_model(
-        data,
-        model,
-        raw_scores,
-        calibration_method=config.calibration_method,
-        top_k_fraction=config.top_k_fraction,
-        n_resamples=config.n_resamples,
-    )
-    context.log.info("Promotion window comparison:\n" + evaluation.window.markdown())
-    start_mlflow()
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        mlflow.start_run(run_name=f"{model.replace('_', '-')}-final") as run,
-    ):
-        folder = Path(tmp) / model
-        plots = evaluation_plots(data, evaluation, folder) + extra_plots(folder)
-        logged = log_model(evaluation, plots)
-    return dg.MaterializeResult(
-        metadata=final_model_metadata(logged.version, run.info.run_id, evaluation, data)
-    )
+    snapshot_id: str,
+    study_name: str,
+) -> tuple[TrainedModel, dict]:
+    """The study's best parameters fitted on the train role: the model the study kept when it
+    was fitted on this very snapshot (the same fit, so the same model), else fitted now."""
+    storage = settings.optuna_storage()
+    params = load_best_params(family, study_name, storage)
+    trial = best_trial_number(family, study_name, storage)
+    kept = load_kept_model(family, kept_model_dir(study_name), study_name, trial, snapshot_id)
+    if kept is not None:
+        context.log.info(f"Reusing the model of trial {trial}, fitted on snapshot {snapshot_id}")
+        return kept, params
+    context.log.info(f"Fitting the parameters of trial {trial} on snapshot {snapshot_id}")
+    return family.fit(data, params), params
 
 
-@dg.asset(
-    key=["training", "xgb_model"],
-    pool=WAREHOUSE_POOL,
-    group_name="training",
-    deps=[resampled_train],
-    description=(
-        "XGBoost with the study's best parameters, fitted on the resampled training rows, "
-        "calibrated on the validation cutoffs, compared with the baselines on the promotion "
-        "window (user-level intervals), logged and registered in MLflow."
-    ),
-)
-def xgb_model(
-    context: dg.AssetExecutionContext, config: FinalModelConfig, time_roles: TimeRolesResource
-) -> dg.MaterializeResult:
-    data = load_split(time_roles)
-    params = load_best_params(config.study_name, settings.optuna_storage())
-    xgb_params = {k: v for k, v in params.items() if k not in (STRATEGY_KEY, TARGET_RATIO_KEY)}
-    X_train, y_train, weights = read_resampled_train(data.feature_columns)
-    booster = train_xgb(
-        {**xgb_params, "seed": 0},
-        X_train,
-        y_train,
-        data.X_validation,
-        data.y_validation,
-        sample_weight=weights,
-    )
-
-    def explain(folder: Path) -> list[Path]:
-        return [
-            save_feature_importance_plot(
-                feature_importance(booster), folder / "feature_importance.png", "Gain"
-            ),
-            save_shap_summary_plot(
-                contributions(booster, data.X_promotion),
-                data.X_promotion,
-                folder / "shap_summary.png",
-            ),
-        ]
-
-    return evaluate_and_log(
-        context,
-        data,
-        config,
-        "xgboost",
-        lambda X: predict_proba(booster, X[data.feature_columns]),
-        lambda evaluation, plots: log_final_model(
-            booster, data, evaluation, params, plot_paths=plots
-        ),
-        extra_plots=explain,
-    )
-
-
-def read_resampled_train(
-    feature_columns: list[str],
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
-    frame = pd.read_parquet(resampled_train_path())
-    weights = frame[SAMPLE_WEIGHT_COLUMN].to_numpy() if SAMPLE_WEIGHT_COLUMN in frame else None
-    return frame[feature_columns], frame[LABEL_COLUMN].to_numpy(), weights
-
-
-@dg.asset(
-    key=["training", "seq_study"],
-    pool=WAREHOUSE_POOL,
-    group_name="training",
-    deps=SEQUENCE_MARTS,
-    description=(
-        "Optuna study over the PyTorch sequence model (encoder, sizes, dropout, learning rate, "
-        "batch size, sequence length); validation PR-AUC, pruned epoch by epoch."
-    ),
-)
-def seq_study(
-    context: dg.AssetExecutionContext, config: SeqStudyConfig, time_roles: TimeRolesResource
-) -> dg.MaterializeResult:
-    data = load_split(time_roles, with_sequences=True)
-    start_mlflow()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tuning = SeqTuningConfig(
-        n_trials=config.n_trials,
-        timeout_s=config.timeout_s,
-        seed=config.seed,
-        study_name=config.study_name,
-        storage=settings.optuna_storage(),
-        pruning=config.pruning,
-        max_epochs=config.max_epochs,
-        max_train_rows=config.max_train_rows,
-    )
-    return run_study(
-        data,
-        config.study_name,
-        str(torch_device()),
-        lambda: tune_sequence_model(data, tuning, log=context.log.info),
-    )
-
-
-@dg.asset(
-    key=["training", "seq_model"],
-    pool=WAREHOUSE_POOL,
-    group_name="training",
-    deps=[seq_study],
-    description=(
-        "The sequence model with the study's best parameters, calibrated on the validation "
-        "cutoffs, compared with the baselines on the promotion window (user-level intervals), "
-        "logged and registered in MLflow (family=torch-seq)."
-    ),
-)
-def seq_model(
-    context: dg.AssetExecutionContext, config: SeqModelConfig, time_roles: TimeRolesResource
-) -> dg.MaterializeResult:
-    data = load_split(time_roles, with_sequences=True)
-    params = load_best_seq_params(config.study_name, settings.optuna_storage())
-    trained = train_sequence_model(data, params, seed=0)
-    return evaluate_and_log(
-        context,
-        data,
-        config,
-        "torch_seq",
-        lambda X: seq_predict_proba(trained, X),
-        lambda evaluation, plots: log_sequence_model(
-            trained, data, evaluation, params.to_dict(), plot_paths=plots
+def build_final_model_asset(family: ModelFamily, study: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["training", f"{family.asset_prefix}_model"],
+        group_name="training",
+        deps=[study],
+        description=(
+            f"The {family.name} family with its study's best parameters, calibrated on the "
+            "validation cutoffs, compared with the baselines on the promotion window "
+            f"(user-level intervals), logged and registered in MLflow (family="
+            f"{family.registry_tag})."
         ),
     )
+    def final_model(
+        context: dg.AssetExecutionContext, config: FinalModelConfig
+    ) -> dg.MaterializeResult:
+        if config.calibration_method not in CALIBRATION_METHODS:
+            raise dg.Failure(f"calibration_method must be one of {CALIBRATION_METHODS}")
+        data, snapshot_id = load_roles(family)
+        study_name = config.study_name or family.study_name
+        fitted, params = fitted_best(context, family, data, snapshot_id, study_name)
+        evaluation = evaluate_final_model(
+            data,
+            family.name,
+            lambda X: family.predict(fitted.model, X),
+            calibration_method=config.calibration_method,
+            top_k_fraction=config.top_k_fraction,
+            n_resamples=config.n_resamples,
+        )
+        context.log.info("Promotion window comparison:\n" + evaluation.window.markdown())
+        start_mlflow()
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            mlflow.start_run(run_name=f"{family.registry_tag}-final") as run,
+        ):
+            folder = Path(tmp) / family.name
+            plots = evaluation_plots(data, evaluation, folder)
+            plots += family.explain(fitted.model, data, folder)
+            logged_params = {**params, **fitted.summary, "optuna_study": study_name}
+            logged = family.log(fitted, data, evaluation, logged_params, plots)
+        metadata = final_model_metadata(logged.version, run.info.run_id, evaluation, data)
+        metadata["fit"] = dg.MetadataValue.json(fitted.summary)
+        metadata["snapshot_id"] = snapshot_id
+        return dg.MaterializeResult(metadata=metadata)
+
+    return final_model
 
 
-CANDIDATE_MODELS = (xgb_model, seq_model)
+FAMILIES = all_families()
+STUDY_ASSETS = {family.name: build_study_asset(family) for family in FAMILIES}
+CANDIDATE_MODELS = tuple(
+    build_final_model_asset(family, STUDY_ASSETS[family.name]) for family in FAMILIES
+)
 
 
 def new_versions(context: dg.AssetExecutionContext) -> list[str]:
@@ -564,23 +456,20 @@ class ChampionConfig(dg.Config):
 
 @dg.asset(
     key=["training", "champion"],
-    pool=WAREHOUSE_POOL,
     group_name="training",
     deps=list(CANDIDATE_MODELS),
     description=(
-        "Promotion gate for both families: each new version becomes `challenger`, and "
+        "Promotion gate for every family: each new version becomes `challenger`, and "
         "`champion` only if the lower bound of its paired PR-AUC gain over the champion, both "
         "scored now on the promotion window, clears the minimum gain."
     ),
 )
-def champion(
-    context: dg.AssetExecutionContext, config: ChampionConfig, time_roles: TimeRolesResource
-) -> dg.MaterializeResult:
+def champion(context: dg.AssetExecutionContext, config: ChampionConfig) -> dg.MaterializeResult:
     start_mlflow()
     versions = new_versions(context)
     if not versions:
-        raise dg.Failure("No new model version to judge: materialize xgb_model or seq_model first")
-    data = load_split(time_roles, with_sequences=True)
+        raise dg.Failure("No new model version to judge: materialize a family's final model")
+    data, _ = load_roles()
     promotion_input = data.model_input("promotion")
     users = data.keys_promotion["user_id"].to_numpy()
     gate = GateConfig(

@@ -1,7 +1,7 @@
 """The MLflow UI in a real browser, on a real store built with the project's own code: two
-XGBoost models logged by `log_final_model` and promoted by `ml.registry.promote`, served by the
-same `mlflow server` command as `make ui`. The experiment lists both runs; the registry shows the
-champion and challenger aliases on the versions the registry says."""
+XGBoost models logged by their family's `log_model` and promoted by `ml.registry.promote`,
+served by the same `mlflow server` command as `make ui`. The experiment lists both runs; the
+registry shows the champion and challenger aliases on the versions the registry says."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ import xgboost as xgb
 from playwright.sync_api import Page, expect
 
 from ml.evaluation.final import evaluate_final_model
+from ml.families.xgboost.model import predict_proba, train_xgb
+from ml.families.xgboost.pyfunc import log_model as log_final_model
 from ml.registry import CHALLENGER, CHAMPION, MODEL_NAME, promote
-from ml.tracking import DEFAULT_EXPERIMENT, configure_mlflow, log_final_model
-from ml.xgb import predict_proba, train_xgb
+from ml.tracking import DEFAULT_EXPERIMENT, configure_mlflow
 from orchestration import ui
 from tests.browser.conftest import Screenshots
 from tests.browser.servers import free_port, isolated_env, start_server, wait_for_http

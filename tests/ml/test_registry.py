@@ -14,10 +14,11 @@ from mlflow import MlflowClient
 
 from ml.evaluation import save_feature_importance_plot
 from ml.evaluation.final import FinalEvaluation, evaluate_final_model
+from ml.families.xgboost.model import feature_importance, predict_proba, train_xgb
+from ml.families.xgboost.pyfunc import log_model as log_final_model
 from ml.registry import CHALLENGER, CHAMPION, MODEL_NAME, GateConfig, pr_auc, promote
 from ml.splits import SplitData
-from ml.tracking import LoggedModel, git_commit, log_final_model
-from ml.xgb import feature_importance, predict_proba, train_xgb
+from ml.tracking import LoggedModel, git_commit
 
 pytestmark = pytest.mark.usefixtures("single_thread_xgboost")
 

@@ -10,12 +10,10 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from ml.seq_model import (
-    FeatureScaler,
-    SeqParams,
-    SequencePropensityNet,
+from ml.families.torch_seq.inputs import FeatureScaler, build_tensors
+from ml.families.torch_seq.net import SeqParams, SequencePropensityNet
+from ml.families.torch_seq.train import (
     TrainedSequenceModel,
-    build_tensors,
     predict_logits,
     predict_proba,
     torch_device,
@@ -24,7 +22,7 @@ from ml.seq_model import (
 )
 from ml.splits import SplitData
 from tests.ml.conftest import make_split_data
-from tests.ml.test_tuning import Untouchable
+from tests.ml.test_study import Untouchable
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 

@@ -17,12 +17,15 @@ from mlflow.types.schema import Array
 
 from ml.dataset import SEQUENCE_COLUMNS
 from ml.evaluation.final import FinalEvaluation, evaluate_final_model
+from ml.families.torch_seq.net import SeqParams
+from ml.families.torch_seq.pyfunc import log_model as log_sequence_model
+from ml.families.torch_seq.train import TrainedSequenceModel, predict_proba, train_sequence_model
+from ml.families.xgboost.model import predict_proba as xgb_predict_proba
+from ml.families.xgboost.model import train_xgb
+from ml.families.xgboost.pyfunc import log_model as log_final_model
 from ml.registry import CHALLENGER, CHAMPION, MODEL_NAME, pr_auc, promote
-from ml.seq_model import SeqParams, TrainedSequenceModel, predict_proba, train_sequence_model
 from ml.splits import SplitData
-from ml.tracking import LoggedModel, log_final_model, log_sequence_model
-from ml.xgb import predict_proba as xgb_predict_proba
-from ml.xgb import train_xgb
+from ml.tracking import LoggedModel
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch", "single_thread_xgboost")
 

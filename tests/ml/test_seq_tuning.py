@@ -1,23 +1,32 @@
-"""Tuning the sequence model on a real Optuna journal and a real MLflow store, on the CPU."""
+"""Tuning the sequence model through the generic study runner on a real Optuna journal and a
+real MLflow store, on the CPU."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
-from ml.seq_model import train_sequence_model
-from ml.seq_tuning import TRAINING_SEED, SeqTuningConfig, load_best_seq_params, tune_sequence_model
+from ml.families.torch_seq import TorchSeqFamily
+from ml.families.torch_seq.net import SeqParams
+from ml.families.torch_seq.search import SeqSearch
 from ml.splits import SplitData
-from ml.tuning import STOPPED_AT_ATTR, STOPPED_REASON_ATTR, optuna_storage
+from ml.study import (
+    STOPPED_AT_ATTR,
+    STOPPED_REASON_ATTR,
+    StudyBudget,
+    TuningResult,
+    load_best_params,
+    optuna_storage,
+    tune,
+)
 from tests.ml.conftest import make_split_data
-from tests.ml.test_tuning import Untouchable
+from tests.ml.test_study import Untouchable
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -34,26 +43,59 @@ def on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROPENSITY_TORCH_DEVICE", "cpu")
 
 
-def tiny_config(storage: Path, **changes) -> SeqTuningConfig:
+class TinyTorchSeq(TorchSeqFamily):
+    """The torch family with a pruner that judges early: a family is a class to extend."""
+
+    pruner_startup_trials = 2
+    pruner_warmup_steps = 0
+
+
+FAMILY = TinyTorchSeq()
+
+
+@dataclass(frozen=True)
+class Tiny:
     """A small search space and budget: seconds per trial on one CPU thread."""
-    config = SeqTuningConfig(
-        n_trials=3,
-        timeout_s=300,
-        storage=str(storage),
-        max_epochs=4,
-        patience=4,
-        category_buckets=64,
-        hidden_sizes=(8, 16),
-        max_layers=2,
-        batch_sizes=(64, 128),
-        max_lengths=(10, 20),
-        pruner_startup_trials=2,
-        pruner_warmup_epochs=0,
+
+    storage: str
+    n_trials: int = 3
+    timeout_s: float = 300
+    pruning: bool = True
+    study_name: str = FAMILY.study_name
+    search: SeqSearch = field(
+        default_factory=lambda: SeqSearch(
+            max_epochs=4,
+            patience=4,
+            category_buckets=64,
+            max_train_rows=0,
+            hidden_sizes=[8, 16],
+            max_layers=2,
+            batch_sizes=[64, 128],
+            max_lengths=[10, 20],
+        )
     )
-    return replace(config, **changes)
+
+    @property
+    def max_epochs(self) -> int:
+        return self.search.max_epochs
 
 
-def load_trials(config: SeqTuningConfig) -> list[optuna.trial.FrozenTrial]:
+def tiny_config(storage: Path, **changes) -> Tiny:
+    return replace(Tiny(storage=str(storage)), **changes)
+
+
+def tune_sequence_model(data: SplitData, config: Tiny, log=print) -> TuningResult:
+    budget = StudyBudget(
+        n_trials=config.n_trials,
+        timeout_s=config.timeout_s,
+        study_name=config.study_name,
+        storage=config.storage,
+        pruning=config.pruning,
+    )
+    return tune(FAMILY, data, budget, config.search, log=log)
+
+
+def load_trials(config: Tiny) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(
         study_name=config.study_name, storage=optuna_storage(config.storage)
     ).trials
@@ -88,9 +130,10 @@ def test_a_study_prunes_trials_and_logs_each_as_a_nested_run(
             assert len(trial.intermediate_values) < config.max_epochs
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert (result.best_value, result.best_trial_number) == (best.value, best.number)
-    assert result.best_iteration == best.user_attrs["best_epoch"]
-    params = load_best_seq_params(config.study_name, config.storage)
-    assert params.to_dict() == result.best_params
+    assert result.best_step == best.user_attrs["best_step"]
+    best_params = load_best_params(FAMILY, config.study_name, config.storage)
+    assert best_params == result.best_params
+    params = SeqParams.from_dict(best_params)
     assert (params.max_epochs, params.category_buckets) == (4, 64)
     assert params.encoder in ("gru", "transformer") and params.hidden_size in (8, 16)
 
@@ -113,8 +156,8 @@ def test_a_study_prunes_trials_and_logs_each_as_a_nested_run(
             assert run.data.metrics["best_validation_pr_auc"] == pytest.approx(trial.value)
 
     # Retraining the best parameters with the trials' seed reproduces the best trial.
-    retrained = train_sequence_model(data, params, seed=TRAINING_SEED, device=torch.device("cpu"))
-    assert retrained.best_validation_pr_auc == pytest.approx(result.best_value)
+    retrained = FAMILY.fit(data, best_params)
+    assert retrained.validation_pr_auc == pytest.approx(result.best_value)
 
     # A rerun continues the same study, with new samples rather than the first run's again.
     rerun = tune_sequence_model(poisoned, replace(config, n_trials=2), log=lambda _: None)
@@ -132,7 +175,11 @@ def test_the_deadline_cuts_the_trial_in_progress_between_epochs(
     # Trials that would train for many minutes (no early stop, no pruning), a 1 s deadline.
     epochs = 100_000
     endless = replace(
-        config, n_trials=3, timeout_s=1.0, pruning=False, max_epochs=epochs, patience=epochs
+        config,
+        n_trials=3,
+        timeout_s=1.0,
+        pruning=False,
+        search=replace(config.search, max_epochs=epochs, patience=epochs),
     )
     started = time.monotonic()
     with mlflow.start_run(run_name="seq-tuning") as parent:

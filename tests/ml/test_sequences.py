@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ml.dataset import SEQUENCE_COLUMNS
-from ml.sequences import NO_CATEGORY, hash_categories, pad_sequences
+from ml.families.torch_seq.inputs import NO_CATEGORY, hash_categories, pad_sequences
 from ml.splits import SplitData
 
 

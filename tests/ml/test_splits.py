@@ -5,13 +5,20 @@ dbt's marts.cutoffs."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from ml.dataset import LabeledFeatures
-from ml.splits import TimeSplit, choose_time_split, split_by_time
+from ml.splits import (
+    TimeSplit,
+    choose_time_split,
+    load_split_snapshot,
+    save_split_snapshot,
+    split_by_time,
+)
 
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
@@ -237,3 +244,46 @@ def test_split_by_time_drops_rows_whose_horizon_is_incomplete() -> None:
     frame.loc[validation, "horizon_complete"] = False
     with pytest.raises(ValueError, match="validation role"):
         split_by_time(LabeledFeatures(frame, data.feature_columns), split)
+
+
+def test_a_snapshot_holds_exactly_the_roles_and_replaces_the_last_one_whole(
+    tmp_path: Path,
+) -> None:
+    cutoffs = make_cutoffs(30, DAY, 7 * DAY)
+    data = labeled_rows(cutoffs)
+    frame = data.frame.assign(
+        event_type_codes=[np.array([1, 2], dtype=np.uint8)] * len(data.frame),
+        category_indexes=[np.array([0, 3])] * len(data.frame),
+        prices=[np.array([np.nan, 2.5])] * len(data.frame),
+        seconds_before_cutoff=[np.array([60.0, 5.0])] * len(data.frame),
+    )
+    data = LabeledFeatures(frame, data.feature_columns)
+    split = choose_time_split(cutoffs)
+    folder = tmp_path / "split"
+    with pytest.raises(FileNotFoundError, match="time_split"):
+        load_split_snapshot(folder)
+
+    first = save_split_snapshot(data, split, folder)
+    loaded, snapshot_id = load_split_snapshot(folder, with_sequences=True)
+    expected = split_by_time(data, split)
+    assert snapshot_id == first and loaded.split == split
+    pd.testing.assert_frame_equal(loaded.X_train, expected.X_train)
+    pd.testing.assert_frame_equal(loaded.keys_promotion, expected.keys_promotion)
+    np.testing.assert_array_equal(loaded.y_promotion, expected.y_promotion)
+    cell = loaded.sequences_validation["event_type_codes"].iloc[0]
+    assert cell.dtype == np.uint8 and cell.tolist() == [1, 2]
+    assert np.isnan(loaded.sequences_train["prices"].iloc[0][0])
+    # Only the roles' cutoffs are stored; gap cutoffs and the scoring cutoff stay out.
+    stored = pd.read_parquet(folder / first / "rows.parquet")
+    assert stored["cutoff_time"].nunique() == 5 + 3 + 3
+    without, _ = load_split_snapshot(folder, with_sequences=False)
+    assert without.sequences_train is None
+
+    # A killed writer's half snapshot is never pointed at; the next save removes it and keeps
+    # the newest two complete ones.
+    (folder / "00000000T000000-deadbeef").mkdir()
+    second = save_split_snapshot(data, split, folder)
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sorted([first, second])
+    third = save_split_snapshot(data, split, folder)
+    assert load_split_snapshot(folder)[1] == third
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sorted([second, third])

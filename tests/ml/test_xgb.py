@@ -7,9 +7,8 @@ import pytest
 import xgboost
 from sklearn.metrics import average_precision_score
 
-from ml.propensity_model import select_features
-from ml.splits import SplitData
-from ml.xgb import (
+from ml.dataset import select_features
+from ml.families.xgboost.model import (
     contributions,
     feature_importance,
     predict_proba,
@@ -17,6 +16,7 @@ from ml.xgb import (
     train_xgb,
     xgb_device,
 )
+from ml.splits import SplitData
 
 pytestmark = pytest.mark.usefixtures("single_thread_xgboost")
 

@@ -116,15 +116,20 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(project_home: Pat
             event = instance.get_latest_materialization_event(dg.AssetKey(list(key)))
             return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
-        assert metadata_of("training", "xgb_study")["trials_this_run"] == 4
-        resampled = metadata_of("training", "resampled_train")
-        assert resampled["train_positives_before"] > 0
+        split = metadata_of("training", "time_split")
+        xgb_study = metadata_of("training", "xgb_study")
+        assert xgb_study["trials_this_run"] == 4
+        assert xgb_study["snapshot_id"] == split["snapshot_id"]
         model = metadata_of("training", "xgb_model")
+        # The study's best model was fitted on this very snapshot: reused, not fitted twice.
+        assert model["fit"]["reused_from_trial"] == xgb_study["best_trial"]
+        assert model["fit"]["train_positives_before"] == split["train_positives"] > 0
         assert 0 < model["promotion_pr_auc"] <= 1
         assert model["promotion_pr_auc_ci"].startswith("[")
         assert "logistic_regression" in model["comparison"]
         assert model["split_n_promotion_cutoffs"] == "3"
-        assert model["promotion_rows"] > 0 and model["promotion_positives"] > 0
+        assert model["promotion_rows"] == split["promotion_rows"] > 0
+        assert model["promotion_positives"] > 0
         seq_study = metadata_of("training", "seq_study")
         assert seq_study["trials_this_run"] == 2 and seq_study["device"] == "cpu"
         seq = metadata_of("training", "seq_model")

@@ -55,9 +55,13 @@ def test_schedule_request_carries_the_new_days_cutoff(
     ops = request.run_config["ops"]
     assert ops["warehouse_dbt_models"]["config"]["as_of"] == cutoff
     assert request.tags[CUTOFF_TAG] == cutoff.replace(" ", "T")
-    study = "purchase-propensity-xgb-" + cutoff[:10].replace("-", "")
-    for op in ("training__xgb_study", "training__resampled_train", "training__xgb_model"):
-        assert ops[op]["config"]["study_name"] == study
+    day = cutoff[:10].replace("-", "")
+    for prefix, study in (
+        ("xgb", "purchase-propensity-xgb"),
+        ("seq", "purchase-propensity-torch-seq"),
+    ):
+        for op in (f"training__{prefix}_study", f"training__{prefix}_model"):
+            assert ops[op]["config"]["study_name"] == f"{study}-{day}"
     assert request.run_key == f"nightly-{cutoff}"
 
     # The request is valid run config for the job it targets.

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from ml.tuning import optuna_storage
+from ml.study import optuna_storage
 from orchestration import ui
 from tests.browser.servers import (
     descendants,

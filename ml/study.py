@@ -1,10 +1,12 @@
-"""Optuna search over XGBoost parameters and the training-set resampling strategy.
+"""The Optuna study runner every model family uses (`ml.families`).
 
 One study lives in persistent storage (a journal file or an RDB URL), so a rerun continues the
-same study and its trial count grows. Each trial resamples only the train split, trains with early
-stopping on the validation split and is scored by validation average precision (PR-AUC). The test
-split is never read here: it stays untouched for the final comparison and the promotion decision.
-Each trial is also a nested MLflow run under whatever run is active.
+same study and its trial count grows. Each trial asks the family for a point of its search
+space, fits on the train role (the family resamples or weights only those rows), early-stopped
+on the validation role, and is scored by validation PR-AUC. The promotion window is never read
+here. After every round or epoch the runner reports the value to Optuna, prunes weak trials
+with a median pruner and checks the deadline. Each trial is a nested MLflow run under whatever
+run is active.
 
 Budgets are counts: `n_trials` decides how many trials a call runs, whatever the machine's speed,
 so the same data and seed register the same model. `timeout_s` is only a safety net against a
@@ -13,54 +15,51 @@ passes, no new trial starts and the trial in progress is stopped at its next boo
 epoch and recorded as FAIL (not PRUNED: pruning judges the parameters, and a sampler learns from
 pruned trials, while a deadline says nothing about them), with the reason in its user attribute
 STOPPED_REASON_ATTR; `TuningResult.timed_out` says it happened.
+
+Every trial fits with the fixed TRAINING_SEED, so the best trial's parameters refitted give the
+best trial's model. The runner also keeps that model (`keep_best_in`), labelled with the data it
+was fitted on, so the final model asset can reuse it instead of fitting it a second time.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import optuna
-import xgboost as xgb
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
-from optuna_integration import XGBoostPruningCallback
-from sklearn.metrics import average_precision_score
 
 from ml import settings
-from ml.resampling import STRATEGIES, resample_training
+from ml.families.base import PARAMS_ATTR, ModelFamily, TrainedModel
 from ml.splits import SplitData
-from ml.xgb import VALIDATION_METRIC_KEY, predict_proba, train_xgb, xgb_device
 
-# Resampling keys in a parameter set; every other key is an XGBoost parameter.
-STRATEGY_KEY = "strategy"
-TARGET_RATIO_KEY = "target_ratio"
-# Used for strategy "none", which has no ratio to tune.
-DEFAULT_TARGET_RATIO = 0.5
-# Boosting rounds every trial may run before the median pruner may stop it.
-PRUNER_WARMUP_ROUNDS = 10
-PRUNER_STARTUP_TRIALS = 5
+TRAINING_SEED = 0
 # User attributes of a trial the study's deadline stopped: why, and the last round or epoch run.
 STOPPED_REASON_ATTR = "stopped_reason"
 STOPPED_AT_ATTR = "stopped_at_step"
+# User attribute of a complete trial: the round or epoch early stopping kept.
+BEST_STEP_ATTR = "best_step"
+# The kept best model's description, beside its files.
+KEPT_MODEL_FILE = "kept_model.json"
 
 
 @dataclass
-class TuningConfig:
-    """Budget and identity of a tuning run.
+class StudyBudget:
+    """Budget and identity of one call of `tune`; the search space is the family's.
 
-    `storage` is a journal file path or an RDB URL (see `optuna_storage`); empty means the
-    project default, `ml.settings.optuna_storage()`, read when tuning starts.
-
-    `seed` seeds the sampler only. Every trial trains with `fit_with_params`'s fixed seed, so
-    refitting the best parameters with the same round budget reproduces the best trial's model.
-
+    `study_name` empty means the family's default. `storage` is a journal file path or an RDB
+    URL (see `optuna_storage`); empty means `ml.settings.optuna_storage()`, read when tuning
+    starts. `seed` seeds the sampler only (offset by the trials already in the study).
     `n_trials` trials run; `timeout_s` is a deadline for the whole call, a safety net set well
     above what `n_trials` need (see the module docstring).
     """
@@ -68,12 +67,9 @@ class TuningConfig:
     n_trials: int = 20
     timeout_s: float = 3600
     seed: int = 42
-    study_name: str = "purchase-propensity-xgb"
+    study_name: str = ""
     storage: str = ""
     pruning: bool = True
-    strategies: Sequence[str] = field(default_factory=lambda: tuple(STRATEGIES))
-    num_boost_round: int = 1000
-    early_stopping_rounds: int = 50
 
 
 @dataclass(frozen=True)
@@ -89,7 +85,7 @@ class TuningResult:
     best_params: dict[str, Any]
     best_value: float
     best_trial_number: int
-    best_iteration: int | None
+    best_step: int | None
     study_name: str
     n_trials_total: int
     n_trials_this_run: int
@@ -133,18 +129,6 @@ class Deadline:
             )
 
 
-class DeadlineCallback(xgb.callback.TrainingCallback):
-    """Stops XGBoost training between boosting rounds once the deadline has passed."""
-
-    def __init__(self, deadline: Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
-        self.deadline.check("round", epoch)
-        return False
-
-
 @dataclass(frozen=True)
 class TrialsRun:
     """What `run_trials` did: the study's best complete trial and this call's trials."""
@@ -169,65 +153,8 @@ def optuna_storage(storage: str) -> str | JournalStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def suggest_params(trial: optuna.Trial, strategies: Sequence[str]) -> dict[str, Any]:
-    """The search space: the resampling strategy, its target ratio and XGBoost parameters."""
-    strategy = trial.suggest_categorical(STRATEGY_KEY, list(strategies))
-    if strategy == "none":
-        target_ratio = DEFAULT_TARGET_RATIO
-    else:
-        target_ratio = trial.suggest_float(TARGET_RATIO_KEY, 0.1, 1.0)
-    return {
-        STRATEGY_KEY: strategy,
-        TARGET_RATIO_KEY: target_ratio,
-        "max_depth": trial.suggest_int("max_depth", 2, 8),
-        "eta": trial.suggest_float("eta", 0.02, 0.3, log=True),
-        "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 20.0, log=True),
-        "subsample": trial.suggest_float("subsample", 0.5, 1.0),
-        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
-        "lambda": trial.suggest_float("lambda", 1e-3, 10.0, log=True),
-        "alpha": trial.suggest_float("alpha", 1e-3, 10.0, log=True),
-    }
-
-
-def fit_with_params(
-    data: SplitData,
-    params: dict[str, Any],
-    callbacks: Sequence[xgb.callback.TrainingCallback] = (),
-    device: str | None = None,
-    num_boost_round: int = 1000,
-    early_stopping_rounds: int = 50,
-    seed: int = 0,
-) -> xgb.Booster:
-    """Resamples the train split as `params` say and trains XGBoost on it.
-
-    Trials and the final model both go through here, so the final model is trained exactly like
-    the trial that chose its parameters (same `seed` and round budget give the same booster).
-    Reads only the train and validation splits.
-    """
-    xgb_params = {k: v for k, v in params.items() if k not in (STRATEGY_KEY, TARGET_RATIO_KEY)}
-    resampled = resample_training(
-        data.X_train,
-        data.y_train,
-        params[STRATEGY_KEY],
-        target_ratio=params.get(TARGET_RATIO_KEY, DEFAULT_TARGET_RATIO),
-        seed=seed,
-    )
-    return train_xgb(
-        {**xgb_params, "seed": seed},
-        resampled.X,
-        resampled.y,
-        data.X_validation,
-        data.y_validation,
-        sample_weight=resampled.sample_weight,
-        callbacks=callbacks,
-        device=device,
-        num_boost_round=num_boost_round,
-        early_stopping_rounds=early_stopping_rounds,
-    )
-
-
 def open_study(
-    study_name: str, storage: str, seed: int, pruner: optuna.pruners.BasePruner
+    study_name: str, storage: str, seed: int, pruner: optuna.pruners.BasePruner | None = None
 ) -> optuna.Study:
     """The named study (created or continued) with a seeded TPE sampler.
 
@@ -334,17 +261,12 @@ def trial_mlflow_run(trial: optuna.Trial, tags: dict[str, Any]) -> Iterator[None
         raise stop
 
 
-def tuning_result(
-    study: optuna.Study,
-    run: TrialsRun,
-    best_params: dict[str, Any],
-    best_iteration: int | None,
-) -> TuningResult:
+def tuning_result(study: optuna.Study, run: TrialsRun, best_params: dict[str, Any]) -> TuningResult:
     return TuningResult(
         best_params=best_params,
         best_value=float(run.best.value),
         best_trial_number=run.best.number,
-        best_iteration=best_iteration,
+        best_step=run.best.user_attrs.get(BEST_STEP_ATTR),
         study_name=study.study_name,
         n_trials_total=len(study.trials),
         n_trials_this_run=len(run.trials),
@@ -355,84 +277,173 @@ def tuning_result(
     )
 
 
-def tune_xgb(
-    data: SplitData, config: TuningConfig, log: Callable[[str], None] = print
-) -> TuningResult:
-    """Runs `config.n_trials` more trials of the named study (fewer only when the safety-net
-    deadline `config.timeout_s` passes; see the module docstring).
-
-    `log` gets one line per trial (the Dagster logger in the pipeline, print otherwise).
-    """
-    device = xgb_device()
-    study = open_study(
-        config.study_name,
-        config.storage,
-        config.seed,
-        optuna.pruners.MedianPruner(
-            n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_ROUNDS
-        ),
-    )
-    n_before = len(study.trials)
-    log(
-        f"Study {config.study_name!r}: {n_before} earlier trials; running {config.n_trials} "
-        f"more (deadline {config.timeout_s:g}s) on {device}"
-    )
-
-    def objective(trial: optuna.Trial, deadline: Deadline) -> float:
-        params = suggest_params(trial, config.strategies)
-        callbacks: list[xgb.callback.TrainingCallback] = [DeadlineCallback(deadline)]
-        if config.pruning:
-            callbacks.append(XGBoostPruningCallback(trial, VALIDATION_METRIC_KEY))
-        tags = {"optuna_study": config.study_name, "optuna_trial": trial.number}
-        with trial_mlflow_run(trial, tags):
-            mlflow.log_params(params)
-            booster = fit_with_params(
-                data,
-                params,
-                callbacks=callbacks,
-                device=device,
-                num_boost_round=config.num_boost_round,
-                early_stopping_rounds=config.early_stopping_rounds,
-            )
-            value = float(
-                average_precision_score(
-                    data.y_validation, predict_proba(booster, data.X_validation)
-                )
-            )
-            trial.set_user_attr("best_iteration", booster.best_iteration)
-            mlflow.set_tag("trial_state", "complete")
-            mlflow.log_metrics(
-                {"validation_pr_auc": value, "best_iteration": booster.best_iteration}
-            )
-        return value
-
-    run = run_trials(
-        study,
-        objective,
-        config.n_trials,
-        config.timeout_s,
-        log,
-        describe=lambda trial: str(trial.params.get(STRATEGY_KEY)),
-        step_name="round",
-    )
-    return tuning_result(study, run, params_of(run.best), run.best.user_attrs.get("best_iteration"))
-
-
-def load_best_params(study_name: str, storage: str) -> dict[str, Any]:
-    """The best complete trial's parameters from storage, ready for `fit_with_params`."""
-    study = optuna.load_study(study_name=study_name, storage=optuna_storage(storage))
-    best = best_trial(study)
-    if best is None:
-        raise ValueError(f"Study {study_name!r} has no complete trial yet; tune first")
-    return params_of(best)
-
-
-def params_of(trial: FrozenTrial) -> dict[str, Any]:
-    """A trial's full parameter set, with the default target ratio filled in for "none"."""
-    return {TARGET_RATIO_KEY: DEFAULT_TARGET_RATIO, **trial.params}
-
-
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The best complete trial, or None (study.best_trial raises when there is none)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return max(complete, key=lambda t: t.value) if complete else None
+
+
+def tune(
+    family: ModelFamily,
+    data: SplitData,
+    budget: StudyBudget,
+    search: Any = None,
+    log: Callable[[str], None] = print,
+    keep_best_in: Path | None = None,
+    data_id: str = "",
+) -> TuningResult:
+    """Runs `budget.n_trials` more trials of the family's study (fewer only when the safety-net
+    deadline `budget.timeout_s` passes; see the module docstring).
+
+    `search` is the family's search settings (its `search_settings` type; None = defaults).
+    `log` gets one line per trial (the Dagster logger in the pipeline, print otherwise). With
+    `keep_best_in`, a trial that beats the study's best so far leaves its model there, labelled
+    with `data_id` (what identifies the data it was fitted on; see `load_kept_model`).
+    """
+    search = family.search_settings() if search is None else search
+    study_name = budget.study_name or family.study_name
+    device = family.device()
+    study = open_study(
+        study_name,
+        budget.storage,
+        budget.seed,
+        optuna.pruners.MedianPruner(
+            n_startup_trials=family.pruner_startup_trials,
+            n_warmup_steps=family.pruner_warmup_steps,
+        ),
+    )
+    log(
+        f"Study {study_name!r}: {len(study.trials)} earlier trials; running {budget.n_trials} "
+        f"more (deadline {budget.timeout_s:g}s) on {device}"
+    )
+
+    def objective(trial: optuna.Trial, deadline: Deadline) -> float:
+        params = family.suggest(trial, search)
+        trial.set_user_attr(PARAMS_ATTR, params)
+
+        def on_step(step: int, value: float) -> None:
+            mlflow.log_metric("validation_pr_auc", value, step=step)
+            if budget.pruning:
+                trial.report(value, step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(
+                        f"pruned at {family.step_name} {step} (PR-AUC {value:.4f})"
+                    )
+            deadline.check(family.step_name, step)
+
+        tags = {"optuna_study": study_name, "optuna_trial": trial.number, "device": device}
+        with trial_mlflow_run(trial, tags):
+            mlflow.log_params(params)
+            fitted = family.fit(data, params, seed=TRAINING_SEED, on_step=on_step)
+            trial.set_user_attr(BEST_STEP_ATTR, fitted.best_step)
+            mlflow.set_tag("trial_state", "complete")
+            mlflow.log_metrics(
+                {
+                    "best_validation_pr_auc": fitted.validation_pr_auc,
+                    f"best_{family.step_name}": fitted.best_step,
+                    **{k: v for k, v in fitted.summary.items() if isinstance(v, int | float)},
+                }
+            )
+        if keep_best_in is not None:
+            best = best_trial(study)
+            if best is None or fitted.validation_pr_auc > best.value:
+                keep_model(family, fitted, keep_best_in, study_name, trial.number, data_id)
+        return fitted.validation_pr_auc
+
+    run = run_trials(
+        study,
+        objective,
+        budget.n_trials,
+        budget.timeout_s,
+        log,
+        describe=family.describe_trial,
+        step_name=family.step_name,
+    )
+    return tuning_result(study, run, family.params_of(run.best))
+
+
+def load_best_params(family: ModelFamily, study_name: str = "", storage: str = "") -> dict:
+    """The best complete trial's parameters, ready for `family.fit` (seed TRAINING_SEED
+    reproduces the trial). Empty names mean the family's study and the project's storage."""
+    study = optuna.load_study(
+        study_name=study_name or family.study_name,
+        storage=optuna_storage(storage or settings.optuna_storage()),
+    )
+    best = best_trial(study)
+    if best is None:
+        raise ValueError(f"Study {study.study_name!r} has no complete trial yet; tune first")
+    return family.params_of(best)
+
+
+def best_trial_number(family: ModelFamily, study_name: str = "", storage: str = "") -> int:
+    study = optuna.load_study(
+        study_name=study_name or family.study_name,
+        storage=optuna_storage(storage or settings.optuna_storage()),
+    )
+    best = best_trial(study)
+    if best is None:
+        raise ValueError(f"Study {study.study_name!r} has no complete trial yet; tune first")
+    return best.number
+
+
+@dataclass(frozen=True)
+class KeptModel:
+    """Which trial's model is kept in a folder, and on which data it was fitted."""
+
+    study_name: str
+    trial_number: int
+    data_id: str
+    validation_pr_auc: float
+    best_step: int
+    summary: dict[str, Any]
+
+
+def keep_model(
+    family: ModelFamily,
+    fitted: TrainedModel,
+    folder: Path,
+    study_name: str,
+    trial_number: int,
+    data_id: str,
+) -> None:
+    """Replaces the model kept in `folder` with `fitted`, atomically: the files are written
+    beside it and renamed into place, so a kill leaves the old model or the new, never half."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    family.save(fitted.model, staging)
+    kept = KeptModel(
+        study_name,
+        trial_number,
+        data_id,
+        fitted.validation_pr_auc,
+        fitted.best_step,
+        {k: v for k, v in fitted.summary.items() if isinstance(v, int | float | str | bool)},
+    )
+    (staging / KEPT_MODEL_FILE).write_text(json.dumps(asdict(kept), indent=2))
+    retired = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+    shutil.rmtree(retired, ignore_errors=True)
+    if folder.exists():
+        folder.rename(retired)
+    staging.rename(folder)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def load_kept_model(
+    family: ModelFamily, folder: Path, study_name: str, trial_number: int, data_id: str
+) -> TrainedModel | None:
+    """The kept model when it is that trial's of that study, fitted on the data `data_id`;
+    None otherwise (then the caller fits it again)."""
+    description = folder / KEPT_MODEL_FILE
+    if not data_id or not description.exists():
+        return None
+    kept = KeptModel(**json.loads(description.read_text()))
+    if (kept.study_name, kept.trial_number, kept.data_id) != (study_name, trial_number, data_id):
+        return None
+    return TrainedModel(
+        model=family.load(folder),
+        validation_pr_auc=kept.validation_pr_auc,
+        best_step=kept.best_step,
+        summary={**kept.summary, "reused_from_trial": trial_number},
+    )

@@ -1,7 +1,7 @@
-"""The registered model: an MLflow pyfunc around a saved XGBoost booster.
+"""The registered XGBoost model: an MLflow pyfunc around a saved booster.
 
-The contract every model family registered as `purchase-propensity` keeps, so scoring and
-promotion never need to know which family is champion:
+The contract every model family registered as `purchase-propensity` keeps (see
+`ml.families.base`), so scoring and promotion never need to know which family is champion:
 
 - `predict(context, model_input)` takes a DataFrame holding (at least) the model's feature
   columns and returns a 1-D float array of purchase probabilities, one per row: the family's raw
@@ -18,7 +18,8 @@ this object back for `contributions`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -26,31 +27,21 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from ml.evaluation.calibration import Calibrator
-from ml.xgb import contributions, predict_proba
+from ml.dataset import select_features
+from ml.evaluation.calibration import calibrate
+from ml.evaluation.final import FinalEvaluation
+from ml.families.xgboost.model import contributions, predict_proba
+from ml.registry import MODEL_NAME
+from ml.splits import SplitData
+from ml.tracking import (
+    MODEL_REQUIREMENTS,
+    LoggedModel,
+    feature_signature,
+    log_model_with_evidence,
+    pinned,
+)
 
 BOOSTER_ARTIFACT = "booster"
-
-
-def select_features(model_input: pd.DataFrame, feature_columns: Sequence[str]) -> pd.DataFrame:
-    """Exactly the model's feature columns, in training order, as float64.
-
-    Extra columns (keys, labels) are ignored; a missing feature is an error, because silently
-    scoring it as "missing" would give wrong probabilities without anyone noticing.
-    """
-    missing = [column for column in feature_columns if column not in model_input.columns]
-    if missing:
-        raise ValueError(
-            f"The input lacks {len(missing)} feature column(s) the model was trained on: {missing}"
-        )
-    return model_input[list(feature_columns)].astype(np.float64)
-
-
-def calibrate(raw_scores: np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
-    """The calibrated probabilities of a family's raw scores (unchanged without calibration)."""
-    return (
-        raw_scores if calibration is None else Calibrator.from_dict(calibration).apply(raw_scores)
-    )
 
 
 class PropensityModel(mlflow.pyfunc.PythonModel):
@@ -98,3 +89,46 @@ class PropensityModel(mlflow.pyfunc.PythonModel):
         if self.booster is None:
             raise RuntimeError("No booster loaded: load the model with mlflow.pyfunc.load_model")
         return self.booster
+
+
+def log_model(
+    booster: xgb.Booster,
+    data: SplitData,
+    evaluation: FinalEvaluation,
+    params: Mapping[str, Any],
+    plot_paths: Sequence[Path] = (),
+    tags: Mapping[str, str] | None = None,
+    registered_model_name: str = MODEL_NAME,
+    run_name: str = "xgboost-final",
+) -> LoggedModel:
+    """Logs the final XGBoost model and its evidence into the active run (or a new one), and
+    registers it as a new version of `registered_model_name` with the tag family=xgboost.
+
+    `evaluation` (`ml.evaluation.final.evaluate_final_model`) holds the calibration, which goes
+    into the pyfunc, and the figures (see `evaluation_metrics`). Each plot is logged as
+    `plots/<its folder name>/<file name>`.
+    """
+
+    def save_booster(work: Path) -> dict[str, str]:
+        booster_path = work / "booster.ubj"
+        booster.save_model(str(booster_path))
+        return {BOOSTER_ARTIFACT: str(booster_path)}
+
+    sample = data.X_train.head(200)
+    return log_model_with_evidence(
+        family=PropensityModel.family,
+        python_model=PropensityModel(
+            data.feature_columns, calibration=evaluation.calibrator.to_dict()
+        ),
+        save_artifacts=save_booster,
+        signature=feature_signature(sample, predict_proba(booster, sample)),
+        input_example=data.X_train.head(5),
+        requirements=pinned(MODEL_REQUIREMENTS),
+        data=data,
+        evaluation=evaluation,
+        params=params,
+        plot_paths=plot_paths,
+        tags=tags,
+        registered_model_name=registered_model_name,
+        run_name=run_name,
+    )

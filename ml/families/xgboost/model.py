@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -52,6 +52,19 @@ def xgb_device() -> str:
     except Exception:  # any failure means "no usable GPU"
         return "cpu"
     return "cuda" if used.startswith("cuda") else "cpu"
+
+
+class StepReporter(xgb.callback.TrainingCallback):
+    """Hands the validation PR-AUC after every boosting round to `on_step(round, value)`
+    (the study runner's pruning and deadline check, which may raise to stop training)."""
+
+    def __init__(self, on_step: Callable[[int, float], None]) -> None:
+        super().__init__()
+        self.on_step = on_step
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        self.on_step(epoch, float(evals_log[VALIDATION_NAME][EVAL_METRIC][-1]))
+        return False
 
 
 def to_dmatrix(

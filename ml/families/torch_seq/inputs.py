@@ -1,4 +1,5 @@
-"""Event sequences as padded arrays: the input of the sequence model, built once per frame.
+"""The sequence model's inputs: event sequences as padded arrays, the static features scaled,
+both as tensors built once per frame and sliced into batches.
 
 `marts.user_sequences` gives each (user, cutoff) row four 1-D arrays, oldest event first (see
 `ml.dataset.SEQUENCE_COLUMNS`). A neural network wants rectangles instead: `pad_sequences` keeps
@@ -26,12 +27,20 @@ Encodings (0 is always padding):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from ml.dataset import SEQUENCE_COLUMNS
+from ml.dataset import SEQUENCE_COLUMNS, select_features
+
+if TYPE_CHECKING:
+    from ml.families.torch_seq.net import SeqParams
 
 PADDING = 0
 # Event type codes 1..5 exist today; room for more without retraining the embedding's shape.
@@ -172,3 +181,150 @@ def _concatenate(cells: np.ndarray, dtype: type) -> np.ndarray:
     if np.issubdtype(dtype, np.integer) and np.issubdtype(flat.dtype, np.floating):
         flat = np.nan_to_num(flat, nan=0.0)
     return flat.astype(dtype, copy=False)
+
+
+STATIC_CLIP = 5.0
+
+
+@dataclass
+class FeatureScaler:
+    """Static features to network inputs, fitted on the training split only.
+
+    Counts, hours and prices are heavy-tailed, so each value goes through sign(x)*log1p(|x|)
+    first, then is standardized and clipped to +-STATIC_CLIP; NaN becomes 0 (the mean) and every
+    column that had NaN in training gets a 0/1 "missing" input, so "never carted" stays distinct
+    from "carted an average time ago".
+    """
+
+    columns: list[str]
+    center: list[float]
+    scale: list[float]
+    missing_columns: list[str] = field(default_factory=list)
+
+    @classmethod
+    def fit(cls, X: pd.DataFrame) -> FeatureScaler:
+        values = _signed_log(X.to_numpy(dtype=np.float64))
+        observed = ~np.isnan(values)
+        counts = observed.sum(axis=0)
+        filled = np.where(observed, values, 0.0)
+        center = filled.sum(axis=0) / np.maximum(counts, 1)
+        variance = np.where(observed, (values - center) ** 2, 0.0).sum(axis=0) / np.maximum(
+            counts, 1
+        )
+        scale = np.sqrt(variance)
+        scale = np.where(scale > 1e-12, scale, 1.0)
+        has_nan = ~observed.all(axis=0)
+        missing = [str(c) for c, flag in zip(X.columns, has_nan, strict=True) if flag]
+        return cls(
+            columns=[str(c) for c in X.columns],
+            center=center.tolist(),
+            scale=scale.tolist(),
+            missing_columns=missing,
+        )
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.columns) + len(self.missing_columns)
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        """float32 (n, n_outputs): the scaled features, then the missing flags."""
+        values = _signed_log(select_features(X, self.columns).to_numpy(dtype=np.float64))
+        scaled = (values - np.asarray(self.center)) / np.asarray(self.scale)
+        scaled = np.clip(np.nan_to_num(scaled, nan=0.0), -STATIC_CLIP, STATIC_CLIP)
+        positions = [self.columns.index(c) for c in self.missing_columns]
+        flags = np.isnan(values[:, positions]).astype(np.float64)
+        return np.concatenate([scaled, flags], axis=1).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FeatureScaler:
+        return cls(**values)
+
+
+def _signed_log(values: np.ndarray) -> np.ndarray:
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+@dataclass
+class SequenceTensors:
+    """Model inputs as CPU tensors, built once: compact dtypes, widened on the device."""
+
+    event_types: torch.Tensor  # uint8 (n, max_length)
+    categories: torch.Tensor  # int32 (n, max_length)
+    continuous: torch.Tensor  # float32 (n, max_length, len(CONTINUOUS_FEATURES))
+    lengths: torch.Tensor  # int64 (n,)
+    static: torch.Tensor  # float32 (n, n_static)
+    labels: torch.Tensor | None = None  # float32 (n,)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def as_tuple(self) -> tuple[torch.Tensor, ...]:
+        inputs = (self.event_types, self.categories, self.continuous, self.lengths, self.static)
+        return inputs if self.labels is None else (*inputs, self.labels)
+
+
+def build_tensors(
+    scaler: FeatureScaler,
+    params: SeqParams,
+    features: pd.DataFrame,
+    sequences: pd.DataFrame,
+    labels: np.ndarray | None = None,
+) -> SequenceTensors:
+    """Pads the sequences and scales the features of one split, once, in vectorized code."""
+    if len(features) != len(sequences):
+        raise ValueError(f"{len(features)} feature rows but {len(sequences)} sequence rows")
+    padded = pad_sequences(sequences, params.max_length, params.category_buckets)
+    return SequenceTensors(
+        event_types=torch.from_numpy(padded.event_types.astype(np.uint8)),
+        categories=torch.from_numpy(padded.categories.astype(np.int32)),
+        continuous=torch.from_numpy(padded.continuous),
+        lengths=torch.from_numpy(padded.lengths),
+        static=torch.from_numpy(scaler.transform(features)),
+        labels=None if labels is None else torch.from_numpy(np.asarray(labels, np.float32)),
+    )
+
+
+class _Batches(Sampler[torch.Tensor]):
+    """Yields whole batches of row indices (a shuffled permutation split in chunks), so the
+    DataLoader fetches each batch with one indexing call instead of row by row."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator | None) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self.generator is None:
+            order = torch.arange(self.n)
+        else:
+            order = torch.randperm(self.n, generator=self.generator)
+        yield from order.split(self.batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+
+def make_loader(
+    tensors: SequenceTensors,
+    batch_size: int,
+    device: torch.device,
+    shuffle_seed: int | None = None,
+) -> DataLoader:
+    """Batches of `tensors`, shuffled by a seeded generator when `shuffle_seed` is given, with
+    pinned memory on CUDA so that host-to-device copies can be asynchronous."""
+    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+    return DataLoader(
+        TensorDataset(*tensors.as_tuple()),
+        sampler=_Batches(len(tensors), batch_size, generator),
+        batch_size=None,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Cuts a batch to its longest sequence and moves it to `device`."""
+    event_types, categories, continuous, lengths, static, *rest = batch
+    width = max(1, int(lengths.max()))
+    parts = (event_types[:, :width], categories[:, :width], continuous[:, :width], lengths, static)
+    return tuple(t.to(device, non_blocking=True) for t in (*parts, *rest))

@@ -1,49 +1,77 @@
-"""Tuning on real Optuna journal storage and a real MLflow store, with tiny budgets."""
+"""The generic study runner (ml.study) on real Optuna journal storage and a real MLflow store,
+with the XGBoost family and tiny budgets (tests/ml/test_seq_tuning.py runs the torch family
+through the same runner)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 from optuna.storages import JournalStorage
 from optuna.trial import TrialState
-from sklearn.metrics import average_precision_score
 
+from ml.families.xgboost import FAMILY as XGBOOST
+from ml.families.xgboost.search import XGBoostSearch
+from ml.resampling import STRATEGIES
 from ml.splits import SplitData
-from ml.tuning import (
+from ml.study import (
     STOPPED_AT_ATTR,
     STOPPED_REASON_ATTR,
     Deadline,
-    TuningConfig,
-    fit_with_params,
+    StudyBudget,
+    TuningResult,
+    best_trial_number,
+    keep_model,
     load_best_params,
+    load_kept_model,
     optuna_storage,
     run_trials,
-    tune_xgb,
+    tune,
 )
-from ml.xgb import predict_proba
 
 pytestmark = pytest.mark.usefixtures("single_thread_xgboost")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def tiny_config(storage: Path, **changes) -> TuningConfig:
-    config = TuningConfig(
-        n_trials=3,
-        timeout_s=300,
-        storage=str(storage),
-        num_boost_round=40,
-        early_stopping_rounds=10,
+@dataclass(frozen=True)
+class Tiny:
+    """A study budget and the XGBoost search settings in one, with tiny round budgets."""
+
+    storage: str
+    n_trials: int = 3
+    timeout_s: float = 300
+    pruning: bool = True
+    study_name: str = XGBOOST.study_name
+    strategies: tuple[str, ...] = tuple(STRATEGIES)
+    num_boost_round: int = 40
+    early_stopping_rounds: int = 10
+
+
+def tiny_config(storage: Path, **changes) -> Tiny:
+    return replace(Tiny(storage=str(storage)), **changes)
+
+
+def tune_xgb(data: SplitData, config: Tiny, log=print, **keep) -> TuningResult:
+    budget = StudyBudget(
+        n_trials=config.n_trials,
+        timeout_s=config.timeout_s,
+        study_name=config.study_name,
+        storage=config.storage,
+        pruning=config.pruning,
     )
-    return replace(config, **changes)
+    search = XGBoostSearch(
+        list(config.strategies), config.num_boost_round, config.early_stopping_rounds
+    )
+    return tune(XGBOOST, data, budget, search, log=log, **keep)
 
 
-def load_trials(config: TuningConfig) -> list[optuna.trial.FrozenTrial]:
+def load_trials(config: Tiny) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(
         study_name=config.study_name, storage=optuna_storage(config.storage)
     ).trials
@@ -118,7 +146,7 @@ def test_trials_are_pruned_and_each_is_a_nested_mlflow_run(
     best = max(complete, key=lambda t: t.value)
     assert (result.best_value, result.best_trial_number) == (best.value, best.number)
     assert {"strategy", "target_ratio", "max_depth", "eta"} <= set(result.best_params)
-    assert load_best_params(config.study_name, config.storage) == result.best_params
+    assert load_best_params(XGBOOST, config.study_name, config.storage) == result.best_params
 
     runs = mlflow.search_runs(
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
@@ -131,20 +159,13 @@ def test_trials_are_pruned_and_each_is_a_nested_mlflow_run(
         assert run.data.tags["trial_state"] == trial.state.name.lower()
         assert run.data.params["strategy"] == trial.params["strategy"]
         if trial.state == TrialState.COMPLETE:
-            assert run.data.metrics["validation_pr_auc"] == pytest.approx(trial.value)
-            assert "best_iteration" in run.data.metrics
+            # validation_pr_auc is the per-round history; the trial's value is its best round.
+            assert run.data.metrics["best_validation_pr_auc"] == pytest.approx(trial.value)
+            assert run.data.metrics["best_round"] == trial.user_attrs["best_step"]
 
-    # Refitting the best parameters with the same budget reproduces the best trial's score.
-    booster = fit_with_params(
-        split_data,
-        result.best_params,
-        num_boost_round=config.num_boost_round,
-        early_stopping_rounds=config.early_stopping_rounds,
-    )
-    refit = average_precision_score(
-        split_data.y_validation, predict_proba(booster, split_data.X_validation)
-    )
-    assert refit == pytest.approx(result.best_value)
+    # Refitting the best parameters (round budget included) reproduces the best trial's score.
+    refit = XGBOOST.fit(split_data, result.best_params)
+    assert refit.validation_pr_auc == pytest.approx(result.best_value)
 
 
 def test_tuning_never_reads_the_test_split(
@@ -159,7 +180,7 @@ def test_tuning_never_reads_the_test_split(
     tune_xgb(split_data, clean_config, log=lambda _: None)
     tune_xgb(poisoned, poisoned_config, log=lambda _: None)
 
-    def outcome(config: TuningConfig) -> list[tuple]:
+    def outcome(config: Tiny) -> list[tuple]:
         return [(t.params, t.value, t.state) for t in load_trials(config)]
 
     assert outcome(poisoned_config) == outcome(clean_config)
@@ -225,3 +246,36 @@ def test_no_trial_starts_after_the_deadline(tmp_path: Path) -> None:
     assert run.timed_out and run.n_requested == 100
     assert 1 <= len(run.trials) <= 3  # 0.2 s each: the deadline passes during the third
     assert all(t.state == TrialState.COMPLETE for t in run.trials)
+
+
+def test_the_best_trials_model_is_kept_for_the_data_it_was_fitted_on(
+    split_data: SplitData, mlflow_store: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(tmp_path / "optuna.journal", n_trials=4)
+    folder = tmp_path / "kept_models" / "kept"
+    result = tune_xgb(split_data, config, log=lambda _: None, keep_best_in=folder, data_id="a")
+    best = best_trial_number(XGBOOST, config.study_name, config.storage)
+    assert best == result.best_trial_number
+
+    kept = load_kept_model(XGBOOST, folder, config.study_name, best, "a")
+    assert kept is not None and kept.summary["reused_from_trial"] == best
+    assert kept.validation_pr_auc == pytest.approx(result.best_value)
+    # The kept model is the refit: same parameters, same seed, same data.
+    refit = XGBOOST.fit(split_data, result.best_params)
+    np.testing.assert_allclose(
+        XGBOOST.predict(kept.model, split_data.X_promotion),
+        XGBOOST.predict(refit.model, split_data.X_promotion),
+        rtol=1e-6,
+    )
+    # Other data, another trial or another study: not reused.
+    assert load_kept_model(XGBOOST, folder, config.study_name, best, "b") is None
+    assert load_kept_model(XGBOOST, folder, config.study_name, best + 1, "a") is None
+    assert load_kept_model(XGBOOST, folder, "another", best, "a") is None
+
+    # Replacing it is atomic: a leftover staging folder of a killed writer changes nothing,
+    # and the new model replaces the old one whole.
+    (folder.parent / "kept.tmp-999").mkdir()
+    keep_model(XGBOOST, refit, folder, config.study_name, best + 1, "c")
+    assert load_kept_model(XGBOOST, folder, config.study_name, best, "a") is None
+    assert load_kept_model(XGBOOST, folder, config.study_name, best + 1, "c") is not None
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["kept", "kept.tmp-999"]

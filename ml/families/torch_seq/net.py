@@ -1,0 +1,176 @@
+"""The sequence network and its configuration (what a trial chooses).
+
+Per event it embeds the event type and the hashed category and projects the continuous inputs
+of `inputs.py` (log price, price-missing flag, log seconds before the cutoff, log seconds since
+the previous event); a GRU (default) or a small Transformer encodes the sequence; the
+standardized static features of `user_features` go through their own layer; both are
+concatenated and end in one logit. Gradient boosting sees counts; this model sees order (what
+was carted last, what was removed, how fast the visits came).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from ml.families.torch_seq.inputs import (
+    CONTINUOUS_FEATURES,
+    EVENT_TYPE_SLOTS,
+    category_vocabulary_size,
+)
+
+ENCODERS = ("gru", "transformer")
+
+
+@dataclass
+class SeqParams:
+    """Architecture and training settings of one sequence model (what a trial chooses).
+
+    target_ratio: positives / negatives the loss weighting aims at, as in `ml.resampling`
+    (1.0 = both classes weigh the same in total); the positive weight is never below 1.
+    patience: epochs without a better validation PR-AUC before training stops.
+    num_heads: attention heads of the Transformer; hidden_size must be a multiple of it.
+    max_train_rows: 0 trains on every training row; more caps the rows per epoch by keeping
+    every buyer and a seeded random share of the other rows (a speed knob for the CPU; the
+    positive weight is computed on the rows kept).
+    """
+
+    encoder: str = "gru"
+    hidden_size: int = 64
+    num_layers: int = 1
+    dropout: float = 0.1
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 512
+    max_length: int = 50
+    category_buckets: int = 1024
+    max_epochs: int = 20
+    patience: int = 3
+    embedding_dim: int = 16
+    num_heads: int = 4
+    target_ratio: float = 0.5
+    grad_clip: float = 1.0
+    max_train_rows: int = 0
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"Unknown encoder {self.encoder!r}; choose one of {ENCODERS}")
+        if self.encoder == "transformer" and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}"
+            )
+        positive = ("hidden_size", "num_layers", "batch_size", "max_length", "category_buckets")
+        for name in (*positive, "max_epochs", "patience", "embedding_dim", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_train_rows < 0:
+            raise ValueError(
+                f"max_train_rows must be 0 (all) or positive, got {self.max_train_rows}"
+            )
+        if not 0 < self.target_ratio <= 1:
+            raise ValueError(f"target_ratio must be in (0, 1], got {self.target_ratio}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SeqParams:
+        """Known fields only, so parameters stored by an older version still load."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+class SequencePropensityNet(nn.Module):
+    """Event embeddings -> GRU or Transformer encoder, fused with the static features -> logit.
+
+    `forward` takes right-padded batches (see `ml.sequences`) of any padded width: positions at
+    or after a row's length never influence its logit. The GRU summary is its output at the
+    newest event; the Transformer masks padded keys, numbers positions backwards from the newest
+    event (so extra padding shifts nothing) and averages over the real events. A row without
+    events gets a zero sequence summary and is scored from its static features.
+    """
+
+    def __init__(self, n_static: int, params: SeqParams) -> None:
+        super().__init__()
+        self.encoder_type = params.encoder
+        embedding, hidden = params.embedding_dim, params.hidden_size
+        self.event_embedding = nn.Embedding(EVENT_TYPE_SLOTS, embedding, padding_idx=0)
+        self.category_embedding = nn.Embedding(
+            category_vocabulary_size(params.category_buckets), embedding, padding_idx=0
+        )
+        self.continuous = nn.Linear(len(CONTINUOUS_FEATURES), embedding)
+        self.event_input = nn.Sequential(nn.Linear(3 * embedding, hidden), nn.LayerNorm(hidden))
+        if params.encoder == "gru":
+            self.encoder: nn.Module = nn.GRU(
+                hidden,
+                hidden,
+                num_layers=params.num_layers,
+                batch_first=True,
+                dropout=params.dropout if params.num_layers > 1 else 0.0,
+            )
+        else:
+            self.positions = nn.Embedding(params.max_length, hidden)
+            layer = nn.TransformerEncoderLayer(
+                hidden,
+                params.num_heads,
+                dim_feedforward=2 * hidden,
+                dropout=params.dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            self.encoder = nn.TransformerEncoder(
+                layer, params.num_layers, norm=nn.LayerNorm(hidden), enable_nested_tensor=False
+            )
+        self.static = nn.Sequential(
+            nn.Linear(n_static, hidden), nn.GELU(), nn.Dropout(params.dropout)
+        )
+        self.head = nn.Sequential(
+            nn.Linear(2 * hidden, hidden),
+            nn.GELU(),
+            nn.Dropout(params.dropout),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(
+        self,
+        event_types: torch.Tensor,
+        categories: torch.Tensor,
+        continuous: torch.Tensor,
+        lengths: torch.Tensor,
+        static: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits (batch,). event_types, categories: int (batch, T); continuous: float
+        (batch, T, len(CONTINUOUS_FEATURES)); lengths: int (batch,); static: float (batch, n)."""
+        events = torch.cat(
+            [
+                self.event_embedding(event_types.long()),
+                self.category_embedding(categories.long()),
+                self.continuous(continuous),
+            ],
+            dim=-1,
+        )
+        x = self.event_input(events)
+        lengths = lengths.long()
+        has_events = (lengths > 0).unsqueeze(1)
+        steps = torch.arange(x.shape[1], device=x.device)
+        mask = steps.unsqueeze(0) < lengths.unsqueeze(1)
+        if self.encoder_type == "gru":
+            # float32 in: the GRU is not on autocast's list, its weights stay float32.
+            output, _ = self.encoder(x.float())
+            last = (lengths - 1).clamp(min=0)
+            summary = output[torch.arange(output.shape[0], device=x.device), last]
+        else:
+            back = (lengths.unsqueeze(1) - 1 - steps.unsqueeze(0)).clamp(min=0)
+            x = x + self.positions(back)
+            # A row without events would mask every key (NaN): let it attend to its padding.
+            attend = mask | (~has_events & (steps.unsqueeze(0) == 0))
+            encoded = self.encoder(x, src_key_padding_mask=~attend)
+            weights = mask.unsqueeze(-1).to(encoded.dtype)
+            summary = (encoded * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        summary = summary * has_events.to(summary.dtype)
+        fused = torch.cat([summary.to(x.dtype), self.static(static).to(x.dtype)], dim=-1)
+        return self.head(fused).squeeze(-1)

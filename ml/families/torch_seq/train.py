@@ -1,0 +1,265 @@
+"""Training and scoring of the sequence network.
+
+BCE with logits with a positive weight (the `class_weight` idea of `ml.resampling`: positives
+weigh `target_ratio * negatives / positives` in total), AdamW, gradient clipping, and early
+stopping on validation PR-AUC, keeping the best epoch's weights. Only the train and validation
+splits are read.
+
+One code path for both devices (`torch_device`): on CUDA with bf16 autocast, TF32 matmuls,
+pinned host memory and non-blocking copies; on the CPU in float32, seeded, and deterministic
+for a given seed and thread count. The inputs become tensors once (`build_tensors`); each
+batch is a slice of them (one fancy-indexing call per batch, no per-row work), cut to the
+longest sequence in the batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import average_precision_score
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ml.dataset import SEQUENCE_COLUMNS
+from ml.families.torch_seq.inputs import (
+    FeatureScaler,
+    SequenceTensors,
+    build_tensors,
+    make_loader,
+    to_device,
+)
+from ml.families.torch_seq.net import SeqParams, SequencePropensityNet
+from ml.splits import SplitData
+
+DEVICE_VARIABLE = "PROPENSITY_TORCH_DEVICE"
+
+
+def torch_device() -> torch.device:
+    """CUDA when a GPU is usable, else the CPU; PROPENSITY_TORCH_DEVICE=cpu forces the CPU (and
+    =cuda insists on a GPU)."""
+    wanted = os.environ.get(DEVICE_VARIABLE, "").strip().lower()
+    if wanted == "cpu":
+        return torch.device("cpu")
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{DEVICE_VARIABLE}=cuda but torch sees no CUDA GPU")
+    if wanted not in ("", "cpu", "cuda"):
+        raise ValueError(f"{DEVICE_VARIABLE} must be cpu or cuda, got {wanted!r}")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA; a disabled context on the CPU (float32)."""
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+    )
+
+
+def configure_device(device: torch.device) -> None:
+    """TF32 matmuls and convolutions on CUDA (Ampere and later); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def train_epoch(
+    net: SequencePropensityNet,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    device: torch.device,
+    grad_clip: float,
+) -> float:
+    """One pass over `loader`; returns the mean training loss (one host sync per epoch)."""
+    net.train()
+    total = torch.zeros((), device=device)
+    n_rows = 0
+    for batch in loader:
+        *inputs, labels = to_device(batch, device)
+        with _autocast(device):
+            logits = net(*inputs)
+        loss = loss_fn(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        optimizer.step()
+        total += loss.detach() * len(labels)
+        n_rows += len(labels)
+    return float(total) / max(n_rows, 1)
+
+
+@torch.inference_mode()
+def predict_logits(
+    net: SequencePropensityNet,
+    tensors: SequenceTensors,
+    batch_size: int,
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """Logits (float64) for every row of `tensors`, in order, in eval mode."""
+    device = device or next(net.parameters()).device
+    net.eval()
+    loader = make_loader(
+        SequenceTensors(*tensors.as_tuple()[:5]), batch_size, device, shuffle_seed=None
+    )
+    outputs = []
+    for batch in loader:
+        with _autocast(device):
+            outputs.append(net(*to_device(batch, device)).float())
+    if not outputs:
+        return np.empty(0, dtype=np.float64)
+    return torch.cat(outputs).cpu().numpy().astype(np.float64)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+@dataclass
+class TrainedSequenceModel:
+    """A trained network (best validation epoch's weights) and everything needed to score.
+
+    history: one entry per epoch run, {"epoch", "train_loss", "validation_pr_auc"}.
+    """
+
+    net: SequencePropensityNet
+    scaler: FeatureScaler
+    params: SeqParams
+    feature_columns: list[str]
+    best_epoch: int
+    best_validation_pr_auc: float
+    history: list[dict[str, float]]
+    device: str
+    seconds: float
+    positive_weight: float
+    train_rows: int = 0
+
+    @property
+    def epochs_trained(self) -> int:
+        return len(self.history)
+
+
+def positive_weight(y_train: np.ndarray, target_ratio: float) -> float:
+    """Weight of a positive row: positives then weigh target_ratio * negatives in total (not
+    below 1, so data already that balanced is left as it is)."""
+    y = np.asarray(y_train)
+    positives, negatives = int((y == 1).sum()), int((y == 0).sum())
+    if positives == 0:
+        raise ValueError("The training split has no positives: there is nothing to learn")
+    return max(1.0, target_ratio * negatives / positives)
+
+
+def training_rows(y_train: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """Positions of the training rows to use, in their original order: all of them, or (when
+    0 < max_rows < rows) every positive and a seeded random sample of negatives up to max_rows."""
+    y = np.asarray(y_train)
+    everything = np.arange(len(y))
+    if max_rows <= 0 or max_rows >= len(y):
+        return everything
+    positives, negatives = everything[y == 1], everything[y != 1]
+    n_negatives = max(0, max_rows - len(positives))
+    sampled = np.random.default_rng(seed).choice(negatives, size=n_negatives, replace=False)
+    return np.sort(np.concatenate([positives, sampled]))
+
+
+def train_sequence_model(
+    data: SplitData,
+    params: SeqParams,
+    seed: int = 0,
+    device: torch.device | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> TrainedSequenceModel:
+    """Trains on the train split with early stopping on validation PR-AUC.
+
+    Keeps the weights of the best epoch. `on_epoch(epoch, validation_pr_auc)` is called after
+    every epoch (epochs count from 0); Optuna's pruning raises optuna.TrialPruned from it, which
+    propagates. Reads only the train and validation splits. Same seed, data and device (and,
+    on the CPU, thread count) give the same model.
+    """
+    if data.sequences_train is None or data.sequences_validation is None:
+        raise ValueError(
+            "The split has no sequences: load it with load_labeled_features(..., "
+            "with_sequences=True)"
+        )
+    device = device or torch_device()
+    configure_device(device)
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+
+    rows = training_rows(data.y_train, params.max_train_rows, seed)
+    X_train, y_train = data.X_train.iloc[rows], data.y_train[rows]
+    scaler = FeatureScaler.fit(X_train)
+    train = build_tensors(scaler, params, X_train, data.sequences_train.iloc[rows], y_train)
+    validation = build_tensors(scaler, params, data.X_validation, data.sequences_validation)
+    net = SequencePropensityNet(scaler.n_outputs, params).to(device)
+    weight = positive_weight(y_train, params.target_ratio)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight, device=device))
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
+    )
+    loader = make_loader(train, params.batch_size, device, shuffle_seed=seed)
+
+    best_epoch, best_value, best_state = -1, -math.inf, None
+    history: list[dict[str, float]] = []
+    for epoch in range(params.max_epochs):
+        train_loss = train_epoch(net, loader, optimizer, loss_fn, device, params.grad_clip)
+        scores = predict_logits(net, validation, max(params.batch_size, 1024), device)
+        value = _pr_auc(data.y_validation, scores)
+        history.append({"epoch": epoch, "train_loss": train_loss, "validation_pr_auc": value})
+        if value > best_value:
+            best_epoch, best_value = epoch, value
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(epoch, value)
+        if epoch - best_epoch >= params.patience:
+            break
+    assert best_state is not None  # max_epochs >= 1
+    net.load_state_dict(best_state)
+    net.eval()
+    return TrainedSequenceModel(
+        net=net,
+        scaler=scaler,
+        params=copy.deepcopy(params),
+        feature_columns=list(data.feature_columns),
+        best_epoch=best_epoch,
+        best_validation_pr_auc=best_value,
+        history=history,
+        device=str(device),
+        seconds=time.perf_counter() - started,
+        positive_weight=weight,
+        train_rows=len(rows),
+    )
+
+
+def _pr_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """Validation PR-AUC; NaN scores (a diverged network) count as the worst possible."""
+    if not np.all(np.isfinite(scores)):
+        return 0.0
+    return float(average_precision_score(y, scores))
+
+
+def predict_proba(
+    model: TrainedSequenceModel, model_input: pd.DataFrame, batch_size: int = 1024
+) -> np.ndarray:
+    """Purchase probabilities (float64), one per row of `model_input`: the feature columns plus
+    the SEQUENCE_COLUMNS (`SplitData.model_input`); other columns are ignored. A missing column
+    raises ValueError naming it."""
+    return _sigmoid(predict_logits(model.net, input_tensors(model, model_input), batch_size))
+
+
+def input_tensors(model: TrainedSequenceModel, model_input: pd.DataFrame) -> SequenceTensors:
+    missing = [c for c in SEQUENCE_COLUMNS if c not in model_input.columns]
+    if missing:
+        raise ValueError(
+            f"The input lacks the sequence column(s) {missing} the sequence model reads; pass "
+            "features and sequences together (SplitData.model_input or load_scoring_frame)"
+        )
+    return build_tensors(
+        model.scaler, model.params, model_input, model_input[list(SEQUENCE_COLUMNS)]
+    )
