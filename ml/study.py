@@ -35,6 +35,7 @@ from typing import Any
 
 import mlflow
 import optuna
+from mlflow.entities import Metric
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -49,6 +50,8 @@ STOPPED_REASON_ATTR = "stopped_reason"
 STOPPED_AT_ATTR = "stopped_at_step"
 # User attribute of a complete trial: the round or epoch early stopping kept.
 BEST_STEP_ATTR = "best_step"
+# MLflow takes at most this many metrics per log_batch call.
+MLFLOW_BATCH_LIMIT = 1000
 # The kept best model's description, beside its files.
 KEPT_MODEL_FILE = "kept_model.json"
 
@@ -321,8 +324,10 @@ def tune(
         params = family.suggest(trial, search)
         trial.set_user_attr(PARAMS_ATTR, params)
 
+        history: list[tuple[int, float]] = []
+
         def on_step(step: int, value: float) -> None:
-            mlflow.log_metric("validation_pr_auc", value, step=step)
+            history.append((step, value))
             if budget.pruning:
                 trial.report(value, step)
                 if trial.should_prune():
@@ -334,7 +339,10 @@ def tune(
         tags = {"optuna_study": study_name, "optuna_trial": trial.number, "device": device}
         with trial_mlflow_run(trial, tags):
             mlflow.log_params(params)
-            fitted = family.fit(data, params, seed=TRAINING_SEED, on_step=on_step)
+            try:
+                fitted = family.fit(data, params, seed=TRAINING_SEED, on_step=on_step)
+            finally:  # a pruned or stopped trial's history is logged too
+                log_step_history("validation_pr_auc", history)
             trial.set_user_attr(BEST_STEP_ATTR, fitted.best_step)
             mlflow.set_tag("trial_state", "complete")
             mlflow.log_metrics(
@@ -360,6 +368,19 @@ def tune(
         step_name=family.step_name,
     )
     return tuning_result(study, run, family.params_of(run.best))
+
+
+def log_step_history(key: str, history: list[tuple[int, float]]) -> None:
+    """A metric's value at every round or epoch, into the active run, in batches: one call per
+    thousand values rather than one write per boosting round."""
+    run = mlflow.active_run()
+    if run is None or not history:
+        return
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now, step) for step, value in history]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(metrics), MLFLOW_BATCH_LIMIT):
+        client.log_batch(run.info.run_id, metrics=metrics[start : start + MLFLOW_BATCH_LIMIT])
 
 
 def load_best_params(family: ModelFamily, study_name: str = "", storage: str = "") -> dict:

@@ -27,8 +27,9 @@ WAREHOUSE_POOL_LIMIT = 1
 def instance_settings(pool_limit: int = WAREHOUSE_POOL_LIMIT) -> dict[str, Any]:
     """dagster.yaml content; also usable as `dg.instance_for_test(overrides=...)`.
 
-    Only the warehouse pool exists, so the default limit is its limit; a pool added later for
-    something else gets its own limit with `dagster instance concurrency set <pool> <n>`.
+    The default limit is the limit of both pools: the warehouse (DuckDB's one writer) and
+    training_compute (studies and final models take turns at the cores); change one with
+    `dagster instance concurrency set <pool> <n>`.
     """
     return {
         "concurrency": {

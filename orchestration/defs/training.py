@@ -56,7 +56,7 @@ from ml.study import (
     tune,
 )
 from ml.tracking import DEFAULT_EXPERIMENT, configure_mlflow
-from orchestration.defs.resources import WAREHOUSE_POOL, TimeRolesResource
+from orchestration.defs.resources import TRAINING_POOL, WAREHOUSE_POOL, TimeRolesResource
 
 SPLIT_MARTS = [
     dg.AssetKey(["marts", "user_features"]),
@@ -177,6 +177,7 @@ def build_study_asset(family: ModelFamily) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=["training", f"{family.asset_prefix}_study"],
+        pool=TRAINING_POOL,
         group_name="training",
         deps=[TIME_SPLIT_KEY],
         description=(
@@ -313,6 +314,7 @@ def fitted_best(
 def build_final_model_asset(family: ModelFamily, study: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         key=["training", f"{family.asset_prefix}_model"],
+        pool=TRAINING_POOL,
         group_name="training",
         deps=[study],
         description=(

@@ -33,7 +33,7 @@ class TorchSeqFamily(ModelFamily):
     step_name = "epoch"
     uses_sequences = True
     search_settings = search.SeqSearch
-    default_n_trials = 4
+    default_n_trials = 3
     pruner_startup_trials = 3
     pruner_warmup_steps = 1
 

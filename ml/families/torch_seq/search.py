@@ -27,7 +27,7 @@ class SeqSearch:
     max_epochs: int = 4
     patience: int = 3
     category_buckets: int = 1024
-    max_train_rows: int = 20_000
+    max_train_rows: int = 10_000
     encoders: list[str] = field(default_factory=lambda: list(ENCODERS))
     hidden_sizes: list[int] = field(default_factory=lambda: [32, 64, 128])
     max_layers: int = 3
