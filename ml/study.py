@@ -42,7 +42,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ml import settings
 from ml.families.base import PARAMS_ATTR, ModelFamily, TrainedModel
+from ml.liveness import this_worker, worker_dead
 from ml.splits import SplitData
+from ml.tracking import WORKER_TAG
 
 TRAINING_SEED = 0
 # User attributes of a trial the study's deadline stopped: why, and the last round or epoch run.
@@ -50,6 +52,10 @@ STOPPED_REASON_ATTR = "stopped_reason"
 STOPPED_AT_ATTR = "stopped_at_step"
 # User attribute of a complete trial: the round or epoch early stopping kept.
 BEST_STEP_ATTR = "best_step"
+# The user attribute naming the process that runs a trial ("<host>:<pid>", ml.liveness).
+WORKER_ATTR = "worker"
+# Seconds between heartbeats of a trial in an RDB storage.
+HEARTBEAT_SECONDS = 60
 # MLflow takes at most this many metrics per log_batch call.
 MLFLOW_BATCH_LIMIT = 1000
 # The kept best model's description, beside its files.
@@ -142,24 +148,35 @@ class TrialsRun:
     timed_out: bool
 
 
-def optuna_storage(storage: str) -> str | JournalStorage:
-    """An RDB URL (anything with "://") as is; otherwise a journal file at that path.
+def optuna_storage(storage: str) -> optuna.storages.BaseStorage:
+    """An RDB URL (anything with "://") with heartbeats; otherwise a journal file at that path.
 
     The journal file suits several processes on one machine; an RDB URL suits several machines.
+    Trials left RUNNING by a dead worker are failed: by heartbeat in an RDB, by
+    `fail_orphaned_trials` (the worker's pid) in a journal, which has no heartbeat.
     """
     if not storage:
         raise ValueError("No Optuna storage given: pass a journal file path or an RDB URL")
     if "://" in storage:
-        return storage
+        # Heartbeats: a trial whose worker stops beating for grace_period seconds is failed
+        # when the next trial of the study starts (optuna.storages.fail_stale_trials).
+        return optuna.storages.RDBStorage(
+            storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS
+        )
     path = Path(storage).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
 
 
 def open_study(
-    study_name: str, storage: str, seed: int, pruner: optuna.pruners.BasePruner | None = None
+    study_name: str,
+    storage: str,
+    seed: int,
+    pruner: optuna.pruners.BasePruner | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> optuna.Study:
-    """The named study (created or continued) with a seeded TPE sampler.
+    """The named study (created or continued) with a seeded TPE sampler, after failing the
+    trials a killed worker left RUNNING (`fail_orphaned_trials`).
 
     `storage` empty means the project default. The sampler's seed is offset by the trials
     already run, so that a rerun does not replay the first run's random start-up samples.
@@ -172,7 +189,30 @@ def open_study(
         pruner=pruner,
     )
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    fail_orphaned_trials(study, log)
     return study
+
+
+def fail_orphaned_trials(
+    study: optuna.Study, log: Callable[[str], None] = lambda _: None
+) -> list[int]:
+    """Fails the study's RUNNING trials whose worker process is gone (killed mid-trial), so
+    that they are never mistaken for trials in progress; returns their numbers. Trials of live
+    workers, of other hosts and without a worker label are left alone."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(trial.user_attrs.get(WORKER_ATTR, ""))
+        if not worker_dead(worker):
+            continue
+        reason = f"its worker process {worker} died"
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, STOPPED_REASON_ATTR, reason)
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process failed it first
+        log(f"trial {trial.number} of {study.study_name!r} failed: {reason}")
+        failed.append(trial.number)
+    return failed
 
 
 def run_trials(
@@ -314,6 +354,7 @@ def tune(
             n_startup_trials=family.pruner_startup_trials,
             n_warmup_steps=family.pruner_warmup_steps,
         ),
+        log=log,
     )
     log(
         f"Study {study_name!r}: {len(study.trials)} earlier trials; running {budget.n_trials} "
@@ -321,6 +362,7 @@ def tune(
     )
 
     def objective(trial: optuna.Trial, deadline: Deadline) -> float:
+        trial.set_user_attr(WORKER_ATTR, this_worker())
         params = family.suggest(trial, search)
         trial.set_user_attr(PARAMS_ATTR, params)
 
@@ -336,7 +378,12 @@ def tune(
                     )
             deadline.check(family.step_name, step)
 
-        tags = {"optuna_study": study_name, "optuna_trial": trial.number, "device": device}
+        tags = {
+            "optuna_study": study_name,
+            "optuna_trial": trial.number,
+            "device": device,
+            WORKER_TAG: this_worker(),
+        }
         with trial_mlflow_run(trial, tags):
             mlflow.log_params(params)
             try:

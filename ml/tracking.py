@@ -30,11 +30,15 @@ from mlflow.types import ColSpec, Schema
 
 from ml.evaluation.bootstrap import BOOTSTRAP_METRICS
 from ml.evaluation.final import FinalEvaluation
+from ml.liveness import worker_dead
 from ml.registry import MODEL_NAME
 from ml.settings import PROJECT_ROOT
 from ml.splits import SplitData
 
 DEFAULT_EXPERIMENT = "purchase-propensity"
+# The tag naming the process that runs an MLflow run ("<host>:<pid>", ml.liveness): a run left
+# RUNNING by a process that is gone is ended as KILLED (`end_orphaned_runs`).
+WORKER_TAG = "worker"
 # What loading the model needs besides this project's `ml` package (which must be importable:
 # the PythonModel is pickled by reference). Listed rather than inferred: MLflow's inference runs
 # the model in a subprocess and takes seconds per model.
@@ -98,6 +102,29 @@ def _experiment_by_name(name: str, attempts: int = 3) -> mlflow.entities.Experim
                 raise
             time.sleep(attempt)
     return None
+
+
+def end_orphaned_runs(log: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Ends as KILLED every RUNNING run of the active experiment whose worker process is gone
+    (a study or final run of a killed process keeps no end time otherwise); returns their ids.
+    Runs of live workers, of other hosts and without a worker tag are left alone."""
+    experiment_id = mlflow.tracking.fluent._get_experiment_id()
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string="attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+    client = mlflow.MlflowClient()
+    ended = []
+    for run in runs:
+        worker = run.data.tags.get(WORKER_TAG, "")
+        if not worker_dead(worker):
+            continue
+        client.set_tag(run.info.run_id, "killed_reason", f"its worker process {worker} died")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        log(f"MLflow run {run.info.run_id} ({run.info.run_name}) ended as KILLED: {worker} died")
+        ended.append(run.info.run_id)
+    return ended
 
 
 def git_commit(repo: Path = PROJECT_ROOT) -> str:

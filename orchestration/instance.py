@@ -35,6 +35,13 @@ def instance_settings(pool_limit: int = WAREHOUSE_POOL_LIMIT) -> dict[str, Any]:
         "concurrency": {
             "pools": {"granularity": "op", "default_limit": pool_limit},
         },
+        # The daemon (make ui, dagster dev) fails runs whose worker died and frees the slots of
+        # finished runs; runs it does not watch are repaired by orchestration/recovery.py.
+        "run_monitoring": {
+            "enabled": True,
+            "poll_interval_seconds": 60,
+            "free_slots_after_run_end_seconds": 60,
+        },
         "telemetry": {"enabled": False},
     }
 

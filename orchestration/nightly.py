@@ -32,6 +32,7 @@ from orchestration.defs.jobs import (
 )
 from orchestration.defs.schedules import build_nightly_schedule, study_ops
 from orchestration.instance import prepare_dagster_home
+from orchestration.recovery import fail_dead_runs
 
 SYNTHETIC_OP = "landing__synthetic_events"
 BACKFILL_TAG = "propensity/backfill"
@@ -134,6 +135,7 @@ def run_night(
         if instance is None:
             prepare_dagster_home()
             instance = stack.enter_context(dg.DagsterInstance.get())
+        fail_dead_runs(instance)  # a killed earlier run must not hold the pools
         result = dg.execute_job(
             dg.reconstructable(nightly_retraining_job),
             instance=instance,

@@ -21,6 +21,7 @@ from orchestration.defs.ingest import SyntheticEventsConfig
 from orchestration.defs.jobs import CUTOFF_TAG, full_pipeline_job, multiprocess_execution
 from orchestration.defs.schedules import DBT_OP, cutoff_text
 from orchestration.instance import prepare_dagster_home
+from orchestration.recovery import fail_dead_runs
 
 WAREHOUSE_TABLES = (
     "raw.events",
@@ -130,6 +131,7 @@ def demo_cutoff() -> datetime:
 def main() -> int:
     home = prepare_dagster_home()  # DAGSTER_HOME with the warehouse pool limit
     with dg.DagsterInstance.get() as instance:
+        fail_dead_runs(instance)  # a killed earlier run must not hold the pools
         result = dg.execute_job(
             dg.reconstructable(full_pipeline_job),
             instance=instance,

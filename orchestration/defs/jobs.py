@@ -6,6 +6,8 @@ the training assets added later (another model family) join them without an edit
 
 import dagster as dg
 
+from orchestration.recovery import die_with_parent
+
 # The run's cutoff (ISO, naive UTC) as a run tag: the nightly schedule, the nightly demo and
 # `make run` set it; the freshness check measures the newest raw event against it.
 CUTOFF_TAG = "propensity/cutoff"
@@ -52,6 +54,10 @@ backfill_days = dg.define_asset_job(
     ),
 )
 
+
+# Every step process ends with the server it forked from, which ends with the run's worker: a
+# killed run leaves no orphan step still writing to a study or the warehouse.
+die_with_parent()
 
 # Steps of a multiprocess run fork from one server that imported the project once, instead of
 # every step importing Dagster, dbt, MLflow and XGBoost anew. Measured on the test shop

@@ -22,6 +22,7 @@ import dagster as dg
 
 from ml.families import all_families
 from orchestration.defs.jobs import CUTOFF_TAG, nightly_retraining
+from orchestration.recovery import fail_dead_runs
 
 NIGHTLY_CRON = "0 2 * * *"
 DEFAULT_TIMEZONE = "UTC"
@@ -113,6 +114,8 @@ def build_nightly_schedule(timezone: str | None = None) -> dg.ScheduleDefinition
         ),
     )
     def nightly_retraining_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        if context.instance_ref is not None:  # a test may evaluate a tick without one
+            fail_dead_runs(context.instance, context.log.warning)
         cutoff = nightly_cutoff(context.scheduled_execution_time, zone)
         context.log.info(f"Nightly run as of {cutoff_text(cutoff)} UTC")
         return nightly_run_request(cutoff)

@@ -24,6 +24,7 @@ from ml import settings
 from ml.data.ingest import SOURCES
 from orchestration.defs.jobs import ingest_landing
 from orchestration.defs.schedules import automation_status
+from orchestration.recovery import fail_dead_runs
 
 SETTLE_SECONDS = 10.0
 MINIMUM_INTERVAL_SECONDS = 30
@@ -105,6 +106,8 @@ def build_landing_sensor() -> dg.SensorDefinition:
     def landing_files_sensor(
         context: dg.SensorEvaluationContext,
     ) -> Iterator[dg.RunRequest | dg.SkipReason]:
+        if context.instance_ref is not None:  # a killed run must not hold the warehouse pool
+            fail_dead_runs(context.instance, context.log.warning)
         yield from evaluate_landing(context)
 
     return landing_files_sensor

@@ -39,6 +39,7 @@ from ml.evaluation import (
 from ml.evaluation.final import FinalEvaluation, evaluate_final_model
 from ml.families import all_families
 from ml.families.base import ModelFamily, TrainedModel
+from ml.liveness import this_worker
 from ml.registry import (
     MODEL_NAME,
     GateConfig,
@@ -55,7 +56,7 @@ from ml.study import (
     load_kept_model,
     tune,
 )
-from ml.tracking import DEFAULT_EXPERIMENT, configure_mlflow
+from ml.tracking import DEFAULT_EXPERIMENT, WORKER_TAG, configure_mlflow, end_orphaned_runs
 from orchestration.defs.resources import TRAINING_POOL, WAREHOUSE_POOL, TimeRolesResource
 
 SPLIT_MARTS = [
@@ -76,10 +77,13 @@ def kept_model_dir(study_name: str) -> Path:
     return settings.training_dir() / "kept_models" / study_name
 
 
-def start_mlflow() -> str:
-    return configure_mlflow(
+def start_mlflow(log: Callable[[str], None] = lambda _: None) -> str:
+    """The project's experiment, after ending the runs a killed process left open."""
+    experiment_id = configure_mlflow(
         settings.mlflow_tracking_uri(), DEFAULT_EXPERIMENT, str(settings.mlflow_artifacts_dir())
     )
+    end_orphaned_runs(log)
+    return experiment_id
 
 
 def split_metadata(data: SplitData) -> dict[str, str | int]:
@@ -187,7 +191,7 @@ def build_study_asset(family: ModelFamily) -> dg.AssetsDefinition:
     )
     def study(context: dg.AssetExecutionContext, config: config_class) -> dg.MaterializeResult:
         data, snapshot_id = load_roles(family)
-        start_mlflow()
+        start_mlflow(context.log.warning)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # tune logs one line per trial
         budget = StudyBudget(
             n_trials=config.n_trials,
@@ -198,7 +202,9 @@ def build_study_asset(family: ModelFamily) -> dg.AssetsDefinition:
             pruning=config.pruning,
         )
         search = family.search_settings(**{name: getattr(config, name) for name in search_names})
-        with mlflow.start_run(run_name=f"study-{config.study_name}") as parent:
+        with mlflow.start_run(
+            run_name=f"study-{config.study_name}", tags={WORKER_TAG: this_worker()}
+        ) as parent:
             mlflow.set_tags({f"split_{k}": v for k, v in data.split.describe().items()})
             mlflow.set_tags({"family": family.registry_tag, "snapshot_id": snapshot_id})
             result = tune(
@@ -344,7 +350,9 @@ def build_final_model_asset(family: ModelFamily, study: dg.AssetsDefinition) -> 
         start_mlflow()
         with (
             tempfile.TemporaryDirectory() as tmp,
-            mlflow.start_run(run_name=f"{family.registry_tag}-final") as run,
+            mlflow.start_run(
+                run_name=f"{family.registry_tag}-final", tags={WORKER_TAG: this_worker()}
+            ) as run,
         ):
             folder = Path(tmp) / family.name
             plots = evaluation_plots(data, evaluation, folder)

@@ -100,7 +100,8 @@ def test_storage_is_a_journal_file_or_an_rdb_url(tmp_path: Path) -> None:
     journal = tmp_path / "new" / "folder" / "optuna.journal"
     assert isinstance(optuna_storage(str(journal)), JournalStorage)
     assert journal.parent.is_dir()
-    assert optuna_storage("sqlite:///x.db") == "sqlite:///x.db"
+    rdb = optuna_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert isinstance(rdb, optuna.storages.RDBStorage) and rdb.heartbeat_interval == 60
     with pytest.raises(ValueError):
         optuna_storage("")
 
@@ -279,3 +280,66 @@ def test_the_best_trials_model_is_kept_for_the_data_it_was_fitted_on(
     assert load_kept_model(XGBOOST, folder, config.study_name, best, "a") is None
     assert load_kept_model(XGBOOST, folder, config.study_name, best + 1, "c") is not None
     assert sorted(p.name for p in folder.parent.iterdir()) == ["kept", "kept.tmp-999"]
+
+
+KILLED_WORKER = """
+import os, signal, sys
+import mlflow, optuna
+from ml.liveness import this_worker
+from ml.study import WORKER_ATTR, optuna_storage
+from ml.tracking import WORKER_TAG
+storage, uri = sys.argv[1], sys.argv[2]
+study = optuna.create_study(study_name="s", storage=optuna_storage(storage),
+                            direction="maximize", load_if_exists=True)
+trial = study.ask()
+trial.set_user_attr(WORKER_ATTR, this_worker())
+mlflow.set_tracking_uri(uri)
+mlflow.set_experiment("e")
+mlflow.start_run(run_name="trial-0", tags={WORKER_TAG: this_worker()})
+os.kill(os.getpid(), signal.SIGKILL)  # mid-trial, mid-run: nothing gets ended
+"""
+
+
+def test_a_killed_workers_trial_and_run_are_ended_by_the_next_study(
+    mlflow_store: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from ml.liveness import this_worker
+    from ml.study import STOPPED_REASON_ATTR, WORKER_ATTR, open_study
+    from ml.tracking import WORKER_TAG, end_orphaned_runs
+
+    storage, uri = str(tmp_path / "optuna.journal"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WORKER, storage, uri], check=False)
+    assert killed.returncode == -9
+    # A trial of a live worker (this process) is in progress at the same time.
+    live_study = optuna.load_study(study_name="s", storage=optuna_storage(storage))
+    live = live_study.ask()
+    live.set_user_attr(WORKER_ATTR, this_worker())
+
+    messages: list[str] = []
+    study = open_study("s", storage, seed=0, log=messages.append)
+
+    states = {t.number: t.state for t in study.trials}
+    assert states == {0: TrialState.FAIL, 1: TrialState.RUNNING}
+    assert "worker process" in study.trials[0].user_attrs[STOPPED_REASON_ATTR]
+    assert messages and "trial 0" in messages[0]
+    assert best_trial_number_or_none(study) is None  # a failed trial is never a result
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("e")
+    with mlflow.start_run(run_name="live", tags={WORKER_TAG: this_worker()}) as live_run:
+        (ended,) = end_orphaned_runs()
+        statuses = {
+            run.info.run_name: run.info.status
+            for run in mlflow.search_runs(experiment_names=["e"], output_format="list")
+        }
+    assert statuses == {"trial-0": "KILLED", "live": "RUNNING"}
+    assert ended != live_run.info.run_id
+    assert end_orphaned_runs() == []  # nothing left to repair: a rerun changes nothing
+
+
+def best_trial_number_or_none(study: optuna.Study) -> int | None:
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    return max(complete, key=lambda t: t.value).number if complete else None

@@ -17,6 +17,7 @@ import yaml
 
 from ml.data.synthetic import SyntheticConfig, generate_events
 from orchestration.defs.jobs import CUTOFF_TAG
+from orchestration.defs.resources import TimeRolesResource
 from tests.conftest import query
 
 # --- the nightly schedule ------------------------------------------------------------------
@@ -239,6 +240,7 @@ def _run_checks(warehouse: Path) -> dict[str, dg.AssetCheckEvaluation]:
             selection=dg.AssetSelection.all_asset_checks(),
             instance=instance,
             tags={CUTOFF_TAG: CUTOFF.isoformat()},
+            resources={"time_roles": TimeRolesResource()},
         )
     assert result.success
     return {check.check_name: check for check in result.get_asset_check_evaluations()}
