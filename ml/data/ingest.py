@@ -111,6 +111,27 @@ _CSV_FIELD_RE = f",({_CSV_FIELD})"
 
 
 @dataclass(frozen=True)
+class Plausibility:
+    """Bounds past which a value is quarantined as implausible rather than stored.
+
+    earliest_event_time: events before it (epoch 0, 1900, a RetailRocket time in seconds read
+    as milliseconds, which lands in 1970) are quarantined; a shop's history rarely starts
+    before 2000. max_price: a price above it (1e308) is quarantined. max_field_length: a text
+    field longer than this many characters (a 50 MB category) is quarantined.
+    Ids (user, product, session) that are blank, padded with spaces or hold control characters
+    are quarantined too: " 7700019 " must not become another user than "7700019", and a NUL
+    byte has no place in an id.
+    """
+
+    earliest_event_time: datetime = datetime(2000, 1, 1)
+    max_price: float = 1e7
+    max_field_length: int = 1000
+
+
+DEFAULT_PLAUSIBILITY = Plausibility()
+
+
+@dataclass(frozen=True)
 class IngestReport:
     """What happened to one file; rows_read = accepted + quarantined + duplicates."""
 
@@ -150,11 +171,13 @@ def ingest_file(
     path: Path,
     source: str,
     ingest_time: datetime | None = None,
+    plausibility: Plausibility = DEFAULT_PLAUSIBILITY,
 ) -> IngestReport:
     """Ingest one file of the given source in one transaction and report the row counts.
 
     ``ingest_time`` (default: now, UTC) is stored as ``ingested_at``; events later than it are
-    quarantined, since an event cannot come from the future.
+    quarantined, since an event cannot come from the future, and so are values past the bounds
+    of ``plausibility``.
     """
     _check_source(source)
     path = Path(path)
@@ -166,11 +189,11 @@ def ingest_file(
 
     # Check the layout before the transaction: a wrong header raises and writes nothing.
     if source == "synthetic":
-        stage_sql = _synthetic_stage_sql(con, path, ingested_at)
+        stage_sql = _synthetic_stage_sql(con, path, ingested_at, plausibility)
     else:
         spec = CSV_SOURCES[source]
         layout = _read_csv_layout(path, spec)
-        stage_sql = _csv_stage_sql(spec, layout, ingested_at)
+        stage_sql = _csv_stage_sql(spec, layout, ingested_at, plausibility)
     content_sha256 = _sha256(path)
     seen = _scalar(
         con, "SELECT count(*) FROM raw.ingested_files WHERE content_sha256 = ?", [content_sha256]
@@ -207,6 +230,7 @@ def ingest_paths(
     paths: Sequence[Path],
     source: str,
     ingest_time: datetime | None = None,
+    plausibility: Plausibility = DEFAULT_PLAUSIBILITY,
 ) -> list[IngestReport]:
     """Ingest files, or every matching file under directories (sorted), into a warehouse file.
 
@@ -221,7 +245,7 @@ def ingest_paths(
     try:
         con.execute("SET enable_progress_bar = false")  # it would clutter the caller's logs
         ensure_raw_schema(con)
-        return [ingest_file(con, path, source, ingest_time) for path in files]
+        return [ingest_file(con, path, source, ingest_time, plausibility) for path in files]
     finally:
         con.close()
 
@@ -300,7 +324,12 @@ def _event_key_sql() -> str:
     return f"md5_number(concat({separator.join(parts)}))"
 
 
-def _validated_sql(mapped_sql: str, raw_line_sql: str, ingested_at: datetime) -> str:
+def _validated_sql(
+    mapped_sql: str,
+    raw_line_sql: str,
+    ingested_at: datetime,
+    plausibility: Plausibility = DEFAULT_PLAUSIBILITY,
+) -> str:
     """Add the rejection reason, the event key and the raw line to a mapped relation.
 
     ``mapped_sql`` yields one row per input row with: line_number, line_problem (NULL or why
@@ -327,6 +356,18 @@ def _validated_sql(mapped_sql: str, raw_line_sql: str, ingested_at: datetime) ->
                 WHEN price < 0 THEN 'negative price: ' || price_text
                 WHEN event_time > {_ts_lit(ingested_at)}
                     THEN 'event after ingest time: ' || CAST(event_time AS VARCHAR)
+                WHEN event_time < {_ts_lit(plausibility.earliest_event_time)}
+                    THEN 'implausible event_time: ' || CAST(event_time AS VARCHAR)
+                        || ' is before {plausibility.earliest_event_time:%Y-%m-%d}'
+                        || ' (' || time_text || ' as read)'
+                WHEN price > {plausibility.max_price!r}
+                    THEN 'implausible price: ' || price_text
+                {_id_checks_sql()}
+                WHEN greatest({", ".join(f"length(coalesce({c}, ''))" for c in _TEXT_FIELDS)})
+                        > {int(plausibility.max_field_length)}
+                    THEN 'field too long: more than {int(plausibility.max_field_length)} characters'
+                WHEN regexp_matches(concat({", ".join(_TEXT_FIELDS)}), {_lit(_CONTROL_CHARACTERS)})
+                    THEN 'control characters in a text field'
             END AS reason
         FROM mapped
     )
@@ -338,6 +379,29 @@ def _validated_sql(mapped_sql: str, raw_line_sql: str, ingested_at: datetime) ->
         CASE WHEN reason IS NOT NULL THEN {raw_line_sql} END AS raw_line
     FROM checked
     """
+
+
+# Control characters other than tab, newline and carriage return (RE2 syntax for DuckDB).
+_CONTROL_CHARACTERS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+# In an id, tab, newline and carriage return are control characters too.
+_ID_CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"
+# Text fields of the canonical event, and the ids among them.
+_TEXT_FIELDS = ("product_id", "category_id", "category_code", "brand", "user_id", "user_session")
+_ID_FIELDS = ("user_id", "product_id")
+
+
+def _id_checks_sql() -> str:
+    """CASE branches quarantining blank, padded and control-character ids (a session id is
+    optional: a blank one means "no session", as in staging)."""
+    branches = []
+    for name in _ID_FIELDS:
+        branches.append(
+            f"WHEN trim({name}) = '' THEN 'blank {name}'\n"
+            f"WHEN {name} <> trim({name}) THEN 'padded {name}: ' || {name}\n"
+            f"WHEN regexp_matches({name}, {_lit(_ID_CONTROL_CHARACTERS)}) "
+            f"THEN 'control characters in {name}'"
+        )
+    return "\n".join(branches)
 
 
 def _write_stage(
@@ -437,7 +501,9 @@ def _write_stage(
 # --- synthetic parquet -----------------------------------------------------------------------
 
 
-def _synthetic_stage_sql(con: duckdb.DuckDBPyConnection, path: Path, ingested_at: datetime) -> str:
+def _synthetic_stage_sql(
+    con: duckdb.DuckDBPyConnection, path: Path, ingested_at: datetime, plausibility: Plausibility
+) -> str:
     """SQL for the stage of a generator parquet file; checks its columns first."""
     parquet = f"read_parquet({_lit(str(path))}, file_row_number = true)"
     described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_lit(str(path))})").fetchall()
@@ -480,7 +546,7 @@ def _synthetic_stage_sql(con: duckdb.DuckDBPyConnection, path: Path, ingested_at
         event_time := time_text, event_type := type_text, product_id := product_id,
         category_id := category_id, category_code := category_code, brand := brand,
         price := price_text, user_id := user_id, user_session := user_session))"""
-    return _validated_sql(mapped_sql, raw_line_sql, ingested_at)
+    return _validated_sql(mapped_sql, raw_line_sql, ingested_at, plausibility)
 
 
 # --- CSV sources -----------------------------------------------------------------------------
@@ -523,7 +589,9 @@ def _read_csv_layout(path: Path, spec: CsvSource) -> _CsvLayout:
     )
 
 
-def _csv_stage_sql(spec: CsvSource, layout: _CsvLayout, ingested_at: datetime) -> str:
+def _csv_stage_sql(
+    spec: CsvSource, layout: _CsvLayout, ingested_at: datetime, plausibility: Plausibility
+) -> str:
     """SQL turning one chunk of lines (table ``_ingest_chunk``) into stage rows."""
 
     def text(canonical: str) -> str:
@@ -574,7 +642,7 @@ def _csv_stage_sql(spec: CsvSource, layout: _CsvLayout, ingested_at: datetime) -
             user_id, user_session
         FROM texts
     """
-    return _validated_sql(mapped_sql, "line", ingested_at)
+    return _validated_sql(mapped_sql, "line", ingested_at, plausibility)
 
 
 def _stage_csv(

@@ -1,13 +1,13 @@
 """Ingestion: event files (the synthetic demo shop or a real export) into raw.events."""
 
 import json
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import dagster as dg
 
 from ml import settings
-from ml.data.ingest import SOURCES, ingest_paths
+from ml.data.ingest import DEFAULT_PLAUSIBILITY, SOURCES, Plausibility, ingest_paths
 from ml.data.synthetic import SyntheticConfig, generate_events
 from orchestration.defs.resources import WAREHOUSE_POOL
 
@@ -54,10 +54,18 @@ class SyntheticEventsConfig(dg.Config):
 
 
 class IngestConfig(dg.Config):
-    """Which source format to read, and from where (default: the landing folder of that source)."""
+    """Which source format to read, and from where (default: the landing folder of that source).
+
+    Values past the plausibility bounds are quarantined with a reason (ml.data.ingest
+    .Plausibility): events before earliest_event_time (an ISO date), prices above max_price,
+    text fields longer than max_field_length characters.
+    """
 
     source: str = "synthetic"
     paths: list[str] = []
+    earliest_event_time: str = f"{DEFAULT_PLAUSIBILITY.earliest_event_time:%Y-%m-%d}"
+    max_price: float = DEFAULT_PLAUSIBILITY.max_price
+    max_field_length: int = DEFAULT_PLAUSIBILITY.max_field_length
 
 
 @dg.asset(
@@ -101,7 +109,14 @@ def raw_events(context: dg.AssetExecutionContext, config: IngestConfig) -> dg.Ma
     if config.source not in SOURCES:
         raise dg.Failure(f"Unknown source {config.source!r}; expected one of {', '.join(SOURCES)}")
     paths = [Path(p) for p in config.paths] or [settings.landing_dir() / config.source]
-    reports = ingest_paths(settings.warehouse_path(), paths, config.source)
+    plausibility = Plausibility(
+        earliest_event_time=datetime.fromisoformat(config.earliest_event_time),
+        max_price=config.max_price,
+        max_field_length=config.max_field_length,
+    )
+    reports = ingest_paths(
+        settings.warehouse_path(), paths, config.source, plausibility=plausibility
+    )
     totals = {
         key: sum(getattr(report, key) for report in reports)
         for key in ("rows_read", "accepted", "quarantined", "duplicates")

@@ -585,3 +585,97 @@ def test_report_metadata_is_flat_and_complete():
         "quarantined: malformed line": 1,
         "quarantined: missing user_id": 2,
     }
+
+
+# One line per kind of implausible value, in each CSV source's own layout: (fields, reason).
+IMPLAUSIBLE = [
+    ({"time": "1900-01-01 00:00:00"}, "implausible event_time: 1900-01-01 00:00:00 is before"),
+    ({"time": "1970-01-01 00:00:00"}, "implausible event_time: 1970-01-01 00:00:00 is before"),
+    ({"price": "1e308"}, "implausible price: 1e308"),
+    ({"user": "   "}, "blank user_id"),
+    ({"user": " 7700019 "}, "padded user_id:  7700019 "),
+    ({"user": "77\x0000"}, "control characters in user_id"),
+    ({"product": "\t5"}, "control characters in product_id"),
+    ({"category": "c" * 1001}, "field too long: more than 1000 characters"),
+    ({"category": "a\x07b"}, "control characters in a text field"),
+]
+COLUMNS_OF = {
+    "rees46": {"time", "user", "product", "category", "price"},
+    "retailrocket": {"time", "user", "product"},
+    "taobao": {"time", "user", "product", "category"},
+}
+GOOD_FIELDS = {
+    "time": "2019-10-01 00:00:00",
+    "user": "7700019",
+    "product": "5",
+    "category": "c",
+    "price": "1.5",
+}
+
+
+def implausible_file(source: str, path: Path) -> Path:
+    """A good line, then one line per IMPLAUSIBLE case, in the layout of `source`."""
+
+    def line(fields: dict[str, str]) -> str:
+        f = {**GOOD_FIELDS, **fields}
+        moment = datetime.fromisoformat(f["time"]).replace(tzinfo=UTC)
+        if source == "rees46":
+            return (
+                f"{f['time']} UTC,view,{f['product']},1,{f['category']},brand,{f['price']},"
+                f"{f['user']},s"
+            )
+        if source == "retailrocket":
+            return f"{int(moment.timestamp() * 1000)},view,{f['product']},{f['user']}"
+        return f"{f['user']},{f['product']},{f['category']},pv,{int(moment.timestamp())}"
+
+    header = {
+        "rees46": REES46_HEADER,
+        "retailrocket": "timestamp,event,itemid,visitorid",
+        "taobao": "user_id,item_id,category_id,behavior_type,timestamp",
+    }[source]
+    lines = [header, line({}), *(line(fields) for fields, _ in IMPLAUSIBLE)]
+    return write_text(path, "\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("source", ["rees46", "retailrocket", "taobao"])
+def test_implausible_values_are_quarantined_with_a_reason_in_every_source(con, tmp_path, source):
+    report = ingest_file(con, implausible_file(source, tmp_path / f"{source}.csv"), source)
+
+    assert_reconciles(con, report)
+    stored = dict(con.sql("SELECT line_number, reason FROM raw.quarantine").fetchall())
+    for number, (fields, reason) in enumerate(IMPLAUSIBLE, start=3):
+        if not set(fields) <= COLUMNS_OF[source]:
+            assert number not in stored  # the source has no such column: nothing to judge
+            continue
+        if source != "rees46" and fields.get("time", "").startswith("1900"):
+            reason = "unparseable event_time: -"  # a negative epoch is no timestamp at all
+        assert stored[number].startswith(reason), (number, fields, stored[number])
+    # The good line is kept; no padded or blank id became a user.
+    assert con.sql("SELECT DISTINCT user_id FROM raw.events").fetchall() == [("7700019",)]
+    # The reason categories reported to Dagster never carry an id.
+    assert not any("7700019" in category for category in report.quarantine_reasons)
+
+
+def test_retailrocket_seconds_are_not_silently_read_as_1970(con, tmp_path):
+    path = write_text(
+        tmp_path / "seconds.csv",
+        "timestamp,event,itemid,visitorid\n1433193132535,view,1,7\n1433193132,view,1,7\n",
+    )
+    report = ingest_file(con, path, "retailrocket", INGEST_TIME)
+
+    assert (report.accepted, report.quarantined) == (1, 1)
+    ((reason,),) = con.sql("SELECT reason FROM raw.quarantine").fetchall()
+    assert reason.startswith("implausible event_time: 1970-01-17")
+    assert "(1433193132 as read)" in reason
+
+
+def test_the_plausibility_bounds_are_settings(con, tmp_path):
+    path = write_text(
+        tmp_path / "old.csv",
+        f"{REES46_HEADER}\n1999-06-01 00:00:00 UTC,view,1,,,,250,7,s\n",
+    )
+    bounds = ingest.Plausibility(earliest_event_time=datetime(1990, 1, 1), max_price=100.0)
+
+    report = ingest_file(con, path, "rees46", INGEST_TIME, bounds)
+
+    assert report.quarantine_reasons == {"implausible price": 1}
