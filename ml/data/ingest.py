@@ -97,9 +97,12 @@ _RAW_DDL = (
         accepted BIGINT,
         quarantined BIGINT,
         duplicates BIGINT,
-        ingested_at TIMESTAMP
+        ingested_at TIMESTAMP,
+        error VARCHAR  -- why the whole file was refused (NULL: ingested)
     )
     """,
+    # Warehouses created before the column existed.
+    "ALTER TABLE raw.ingested_files ADD COLUMN IF NOT EXISTS error VARCHAR",
 )
 
 # A CSV line with quotes is valid when it is a sequence of fields that are either quoted
@@ -143,6 +146,17 @@ class IngestReport:
     duplicates: int
     skipped: bool  # True when the same content was ingested before
     quarantine_reasons: dict[str, int] = field(default_factory=dict)  # category -> count
+    error: str = ""  # why the whole file was refused (nothing of it was stored)
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.error)
+
+    @property
+    def all_quarantined(self) -> bool:
+        """Rows were read and every one was rejected: most likely the wrong source or
+        delimiter rather than bad rows."""
+        return self.rows_read > 0 and self.quarantined == self.rows_read
 
     def as_metadata(self) -> dict[str, str | int | bool]:
         """A flat dict of the counts, for display (e.g. as Dagster asset metadata)."""
@@ -155,6 +169,8 @@ class IngestReport:
             "quarantined": self.quarantined,
             "duplicates": self.duplicates,
         }
+        if self.error:
+            metadata["error"] = self.error
         for reason, count in sorted(self.quarantine_reasons.items()):
             metadata[f"quarantined: {reason}"] = count
         return metadata
@@ -186,6 +202,8 @@ def ingest_file(
     ingested_at = _to_utc_naive(ingest_time)
     source_file = str(path.resolve())
     ensure_raw_schema(con)
+    if _is_empty(path):
+        raise ValueError(f"{path}: empty file (no header and no rows)")
 
     # Check the layout before the transaction: a wrong header raises and writes nothing.
     if source == "synthetic":
@@ -196,7 +214,9 @@ def ingest_file(
         stage_sql = _csv_stage_sql(spec, layout, ingested_at, plausibility)
     content_sha256 = _sha256(path)
     seen = _scalar(
-        con, "SELECT count(*) FROM raw.ingested_files WHERE content_sha256 = ?", [content_sha256]
+        con,
+        "SELECT count(*) FROM raw.ingested_files WHERE content_sha256 = ? AND error IS NULL",
+        [content_sha256],
     )
     if seen > 0:
         return IngestReport(source, source_file, 0, 0, 0, 0, skipped=True)
@@ -245,9 +265,31 @@ def ingest_paths(
     try:
         con.execute("SET enable_progress_bar = false")  # it would clutter the caller's logs
         ensure_raw_schema(con)
-        return [ingest_file(con, path, source, ingest_time, plausibility) for path in files]
+        return [_ingest_or_refuse(con, path, source, ingest_time, plausibility) for path in files]
     finally:
         con.close()
+
+
+def _ingest_or_refuse(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    source: str,
+    ingest_time: datetime,
+    plausibility: Plausibility,
+) -> IngestReport:
+    """`ingest_file`, except that a file refused as a whole (empty, wrong header or delimiter,
+    unreadable) is recorded in raw.ingested_files with its error instead of stopping the rest
+    of the batch; a later run tries it again."""
+    try:
+        return ingest_file(con, path, source, ingest_time, plausibility)
+    except (ValueError, OSError, duckdb.Error) as error:
+        source_file = str(Path(path).resolve())
+        message = str(error).splitlines()[0][:500]
+        con.execute(
+            "INSERT INTO raw.ingested_files VALUES (?, ?, ?, 0, 0, 0, 0, ?, ?)",
+            [source_file, _sha256_or_empty(path), source, _to_utc_naive(ingest_time), message],
+        )
+        return IngestReport(source, source_file, 0, 0, 0, 0, skipped=False, error=message)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -277,6 +319,20 @@ def _expand_paths(paths: Sequence[Path], pattern: str) -> list[Path]:
         else:
             raise FileNotFoundError(f"no such file or directory: {path}")
     return files
+
+
+def _is_empty(path: Path) -> bool:
+    """Nothing but whitespace and a byte-order mark."""
+    with Path(path).open("rb") as f:
+        head = f.read(4096)
+    return not head.removeprefix(b"\xef\xbb\xbf").strip() and Path(path).stat().st_size < 4096
+
+
+def _sha256_or_empty(path: Path) -> str:
+    try:
+        return _sha256(path)
+    except OSError:
+        return ""
 
 
 def _sha256(path: Path) -> str:
@@ -474,7 +530,7 @@ def _write_stage(
     duplicates = rows_read - quarantined - accepted
 
     con.execute(
-        "INSERT INTO raw.ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO raw.ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
         [
             source_file,
             content_sha256,

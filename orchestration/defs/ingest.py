@@ -128,14 +128,29 @@ def raw_events(context: dg.AssetExecutionContext, config: IngestConfig) -> dg.Ma
     for report in reports:
         for reason, count in report.quarantine_reasons.items():
             reasons[reason] = reasons.get(reason, 0) + count
-    return dg.MaterializeResult(
-        metadata={
-            **totals,
-            "reconciles": totals["rows_read"]
-            == totals["accepted"] + totals["quarantined"] + totals["duplicates"],
-            "files_ingested": sum(not report.skipped for report in reports),
-            "files_skipped": sum(report.skipped for report in reports),
-            "quarantine_reasons": dg.MetadataValue.json(reasons),
-            "warehouse": dg.MetadataValue.path(str(settings.warehouse_path())),
-        }
-    )
+    refused = {r.source_file: r.error for r in reports if r.refused}
+    all_quarantined = [r.source_file for r in reports if r.all_quarantined]
+    metadata = {
+        **totals,
+        "reconciles": totals["rows_read"]
+        == totals["accepted"] + totals["quarantined"] + totals["duplicates"],
+        "files_ingested": sum(not (r.skipped or r.refused) for r in reports),
+        "files_skipped": sum(r.skipped for r in reports),
+        "files_refused": len(refused),
+        "quarantine_reasons": dg.MetadataValue.json(reasons),
+        "warehouse": dg.MetadataValue.path(str(settings.warehouse_path())),
+    }
+    if refused or all_quarantined:
+        # The good files of the batch are stored (each in its own transaction); the run fails
+        # so that nobody mistakes a refused file for an ingested one.
+        problems = [f"{file}: refused: {error}" for file, error in refused.items()]
+        problems += [
+            f"{file}: every row was quarantined (wrong source or delimiter?); see raw.quarantine"
+            for file in all_quarantined
+        ]
+        raise dg.Failure(
+            description=f"{len(problems)} of {len(reports)} file(s) not ingested:\n"
+            + "\n".join(problems),
+            metadata={**metadata, "refused": dg.MetadataValue.json(refused)},
+        )
+    return dg.MaterializeResult(metadata=metadata)

@@ -679,3 +679,35 @@ def test_the_plausibility_bounds_are_settings(con, tmp_path):
     report = ingest_file(con, path, "rees46", INGEST_TIME, bounds)
 
     assert report.quarantine_reasons == {"implausible price": 1}
+
+
+def test_a_refused_file_does_not_stop_its_batch_and_is_tried_again(tmp_path):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    write_text(folder / "a.csv", f"{REES46_HEADER}\n2019-10-01 00:00:00 UTC,view,1,,,,,7,s\n")
+    write_text(folder / "b.csv", "time;type;product\n2019-10-01;view;1\n")  # wrong delimiter
+    write_text(folder / "c.csv", f"{REES46_HEADER}\n2019-10-01 00:00:01 UTC,view,1,,,,,8,s\n")
+    warehouse = tmp_path / "warehouse.duckdb"
+
+    reports = ingest_paths(warehouse, [folder], "rees46", INGEST_TIME)
+
+    assert [r.accepted for r in reports] == [1, 0, 1]
+    assert not reports[0].refused and reports[1].refused and not reports[2].refused
+    assert "header lacks required column(s)" in reports[1].error
+    assert reports[1].as_metadata()["error"] == reports[1].error
+    with duckdb.connect(str(warehouse), read_only=True) as check:
+        recorded = check.sql(
+            "SELECT error IS NULL FROM raw.ingested_files ORDER BY source_file"
+        ).fetchall()
+    assert recorded == [(True,), (False,), (True,)]
+
+    # Fixed and run again: the refused file is ingested (its error row does not count as done),
+    # the others are skipped as already ingested.
+    write_text(folder / "b.csv", f"{REES46_HEADER}\n2019-10-01 00:00:02 UTC,view,1,,,,,9,s\n")
+    again = ingest_paths(warehouse, [folder], "rees46", INGEST_TIME)
+    assert [(r.skipped, r.accepted) for r in again] == [(True, 0), (False, 1), (True, 0)]
+
+
+def test_an_empty_file_is_called_empty(con, tmp_path):
+    with pytest.raises(ValueError, match="empty file"):
+        ingest_file(con, write_text(tmp_path / "empty.csv", "\ufeff\n"), "rees46", INGEST_TIME)

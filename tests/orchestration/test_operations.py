@@ -408,3 +408,47 @@ def test_dbt_as_of_leaves_later_events_out_and_keeps_earlier_features(tmp_path: 
     assert last_event < datetime(2025, 9, 10)
     # Point in time: the features of every cutoff up to as_of are exactly those of the full build.
     assert query(warehouse, features) == without_as_of
+
+
+def test_a_bad_file_is_refused_alone_and_the_run_says_so(project_home: Path) -> None:
+    """A batch [good, semicolon-delimited, empty, good, all rows bad]: both good files are
+    ingested, the empty one is recorded with its error in raw.ingested_files (and tried again by
+    a later run), and the run fails with one clear line per bad file instead of a library
+    traceback. Taobao's header is optional, so a semicolon file reads as one-field lines: every
+    row is quarantined, which fails the run too."""
+    from orchestration.definitions import defs
+
+    landing = project_home / "files"
+    landing.mkdir(parents=True)
+    header = "user_id,item_id,category_id,behavior_type,timestamp"
+    (landing / "1_good.csv").write_text(f"{header}\n1,10,100,pv,1511544070\n")
+    (landing / "2_semicolons.csv").write_text(
+        "user_id;item_id;category_id;behavior_type;timestamp\n1;10;100;pv;1511544071\n"
+    )
+    (landing / "3_empty.csv").write_text("")
+    (landing / "4_good.csv").write_text(f"{header}\n2,20,200,buy,1511544072\n")
+    (landing / "5_all_bad.csv").write_text(f"{header}\n3,30,300,pv,yesterday\n")
+    job = defs().resolve_job_def("ingest_landing")
+    config = {"ops": {"raw__events": {"config": {"source": "taobao", "paths": [str(landing)]}}}}
+
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.event_specific_data.error.message
+    assert "3 of 5 file(s) not ingested" in message
+    assert "2_semicolons.csv: every row was quarantined" in message
+    assert "3_empty.csv: refused: " in message and "empty file" in message
+    assert "5_all_bad.csv: every row was quarantined" in message
+    warehouse = project_home / "warehouse.duckdb"
+    assert query(warehouse, "select user_id from raw.events order by user_id") == [("1",), ("2",)]
+    recorded = dict(
+        query(
+            warehouse, "select regexp_extract(source_file, '[^/]+$'), error from raw.ingested_files"
+        )
+    )
+    assert recorded["1_good.csv"] is None and recorded["4_good.csv"] is None
+    assert recorded["2_semicolons.csv"] is None
+    assert "empty file" in recorded["3_empty.csv"]
+    assert recorded["5_all_bad.csv"] is None  # read, and its row is in raw.quarantine
