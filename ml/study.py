@@ -433,17 +433,15 @@ def log_step_history(key: str, history: list[tuple[int, float]]) -> None:
 def load_best_params(family: ModelFamily, study_name: str = "", storage: str = "") -> dict:
     """The best complete trial's parameters, ready for `family.fit` (seed TRAINING_SEED
     reproduces the trial). Empty names mean the family's study and the project's storage."""
-    study = optuna.load_study(
-        study_name=study_name or family.study_name,
-        storage=optuna_storage(storage or settings.optuna_storage()),
-    )
-    best = best_trial(study)
-    if best is None:
-        raise ValueError(f"Study {study.study_name!r} has no complete trial yet; tune first")
-    return family.params_of(best)
+    return family.params_of(_stored_best_trial(family, study_name, storage))
 
 
 def best_trial_number(family: ModelFamily, study_name: str = "", storage: str = "") -> int:
+    """The number of the study's best complete trial (see `load_best_params`)."""
+    return _stored_best_trial(family, study_name, storage).number
+
+
+def _stored_best_trial(family: ModelFamily, study_name: str, storage: str) -> FrozenTrial:
     study = optuna.load_study(
         study_name=study_name or family.study_name,
         storage=optuna_storage(storage or settings.optuna_storage()),
@@ -451,7 +449,7 @@ def best_trial_number(family: ModelFamily, study_name: str = "", storage: str = 
     best = best_trial(study)
     if best is None:
         raise ValueError(f"Study {study.study_name!r} has no complete trial yet; tune first")
-    return best.number
+    return best
 
 
 @dataclass(frozen=True)
