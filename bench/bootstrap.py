@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.machine import PROJECT_ROOT, machine_info
-from ml.evaluation.bootstrap import bootstrap_draws, point_metrics
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` and `ml` as a script
+
+from bench.machine import PROJECT_ROOT, machine_info  # noqa: E402
+from ml.evaluation.bootstrap import bootstrap_draws, point_metrics  # noqa: E402
 
 RESULTS = PROJECT_ROOT / "bench" / "results" / "bootstrap.json"
 
