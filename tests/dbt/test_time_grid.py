@@ -5,6 +5,7 @@ the shop's local midnight (timezone), and data_start keeps a stray event from st
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from datetime import datetime
@@ -181,3 +182,35 @@ def test_data_start_keeps_a_stray_event_from_stretching_the_grid(tmp_path: Path)
     assert query(warehouse, "select count(*) from raw.events where event_time < '2025-09-01'") == [
         (1,)
     ]
+
+
+def test_a_runaway_cutoff_grid_stops_the_build_naming_the_events(tmp_path: Path) -> None:
+    # The stray is two months early: with hourly cutoffs, 1,688 of them; a bound of 1,000 stops
+    # the build at int_events, before any per-user work, and says what to do.
+    warehouse = ingest(tmp_path, STRAY + EVENTS)
+    hourly = {"cutoff_step": "1 hour", "lookback": "1 day", "horizon": "1 day"}
+    result = subprocess.run(
+        [
+            "dbt",
+            "run",
+            "--profiles-dir",
+            ".",
+            "--target-path",
+            str(tmp_path / "target"),
+            "--vars",
+            json.dumps({**hourly, "max_cutoffs": 1000}),
+        ],
+        cwd=DBT_PROJECT_DIR,
+        env={**os.environ, "PROPENSITY_WAREHOUSE": str(warehouse)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "The events span 1688 cutoffs of 1 hour" in output
+    assert "The earliest events: 2025-07-03 09:30:00, 2025-09-01 10:00:00" in output
+    assert "set the dbt var data_start after them" in output
+    assert "int_events" in output
+    # The same bound with data_start after the stray builds.
+    run_dbt(warehouse, "run", {**hourly, "max_cutoffs": 1000, "data_start": "2025-09-01"})
+    assert query(warehouse, "select count(*) < 1000 from marts.cutoffs") == [(True,)]
