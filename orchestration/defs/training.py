@@ -48,7 +48,13 @@ from ml.registry import (
     predict_version,
     promote,
 )
-from ml.splits import SplitData, choose_time_split, load_split_snapshot, save_split_snapshot
+from ml.splits import (
+    SplitData,
+    choose_time_split,
+    load_split_snapshot,
+    save_split_snapshot,
+    split_by_time,
+)
 from ml.study import (
     StudyBudget,
     best_trial_number,
@@ -122,8 +128,8 @@ def load_roles(family: ModelFamily | None = None) -> tuple[SplitData, str]:
 def time_split(
     context: dg.AssetExecutionContext, time_roles: TimeRolesResource
 ) -> dg.MaterializeResult:
-    # The MLflow store is created here, before the families' steps start side by side: two
-    # processes creating a new SQLite store at once race on its tables.
+    # The MLflow store is created here, before any later step can open it: two processes
+    # creating a new SQLite store at once race on its tables.
     start_mlflow()
     warehouse = settings.warehouse_path()
     split = choose_time_split(
@@ -135,7 +141,7 @@ def time_split(
     role_cutoffs = split.train_cutoffs + split.validation_cutoffs + split.promotion_cutoffs
     labeled = load_labeled_features(warehouse, with_sequences=True, cutoffs=role_cutoffs)
     snapshot_id = save_split_snapshot(labeled, split, snapshot_dir())
-    data, _ = load_split_snapshot(snapshot_dir(), with_sequences=False)
+    data = split_by_time(labeled, split)  # what the snapshot holds, without reading it back
     if split.history_warning:
         context.log.warning(split.history_warning)
     return dg.MaterializeResult(
