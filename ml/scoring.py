@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ml.dataset import KEY_COLUMNS, load_scoring_frame
-from ml.registry import MODEL_NAME, signature_columns
+from ml.registry import MODEL_NAME, predict_frame
 
 CHAMPION_ALIAS = "champion"
 
@@ -111,7 +111,7 @@ def score_latest_cutoff(
     if frame.empty:
         raise ValueError(f"No user is active at the latest cutoff {cutoff_time}; nothing to score")
     features = frame.drop(columns=list(KEY_COLUMNS))
-    scores = np.asarray(model.predict(signature_columns(model, features)), dtype=float).reshape(-1)
+    scores = predict_frame(model, features)
     scored_at = datetime.now(UTC).replace(tzinfo=None)
     propensity = pd.DataFrame(
         {

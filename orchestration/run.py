@@ -1,9 +1,10 @@
 """`make run`: the full pipeline on the embedded default, recorded in the project's Dagster
 instance (so the run shows up in `dagster dev`), then a short summary of what it left where.
 
-It runs on the multiprocess executor, like a run launched from the UI: steps that do not touch
-the warehouse run side by side, and the warehouse pool (limit 1, orchestration/instance.py)
-serializes the ones that do."""
+It runs on the in-process executor: the steps run one after the other in this process, which
+imported the project once. A run launched from the UI or the schedule uses the multiprocess
+executor instead; there too the warehouse and training pools (limit 1 each,
+orchestration/instance.py) let one step at a time hold the warehouse or the CPUs."""
 
 import sys
 from datetime import datetime, timedelta
@@ -18,7 +19,7 @@ from ml.data.synthetic import SyntheticConfig
 from ml.families import all_families
 from ml.registry import CHAMPION, MODEL_NAME, newest_versions_by_family
 from orchestration.defs.ingest import SyntheticEventsConfig
-from orchestration.defs.jobs import CUTOFF_TAG, full_pipeline_job, multiprocess_execution
+from orchestration.defs.jobs import CUTOFF_TAG, full_pipeline_job, in_process_execution
 from orchestration.defs.schedules import DBT_OP, cutoff_text
 from orchestration.instance import prepare_dagster_home
 from orchestration.recovery import fail_dead_runs
@@ -139,7 +140,7 @@ def main() -> int:
             # to it, so the label windows ending there are complete.
             run_config={
                 "ops": {DBT_OP: {"config": {"as_of": cutoff_text(demo_cutoff())}}},
-                **multiprocess_execution(),
+                **in_process_execution(),
             },
             tags={CUTOFF_TAG: demo_cutoff().isoformat()},
             raise_on_error=False,

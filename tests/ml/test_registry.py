@@ -16,7 +16,15 @@ from ml.evaluation import save_feature_importance_plot
 from ml.evaluation.final import FinalEvaluation, evaluate_final_model
 from ml.families.xgboost.model import feature_importance, predict_proba, train_xgb
 from ml.families.xgboost.pyfunc import log_model as log_final_model
-from ml.registry import CHALLENGER, CHAMPION, MODEL_NAME, GateConfig, pr_auc, promote
+from ml.registry import (
+    CHALLENGER,
+    CHAMPION,
+    MODEL_NAME,
+    GateConfig,
+    pr_auc,
+    predict_frame,
+    promote,
+)
 from ml.splits import SplitData
 from ml.tracking import LoggedModel, git_commit
 
@@ -279,6 +287,7 @@ def test_champion_loads_from_the_registry_and_scores_with_contributions(
     calibrator = final_evaluation(good_booster, split_data).calibrator
     np.testing.assert_allclose(scores, calibrator.apply(raw), rtol=1e-6)
     assert not np.allclose(scores, raw)  # the registered model serves calibrated scores
+    np.testing.assert_array_equal(predict_frame(model, with_keys), scores)
 
     python_model = model.unwrap_python_model()
     assert python_model.family == "xgboost"

@@ -23,7 +23,7 @@ from ml.families.torch_seq.train import TrainedSequenceModel, predict_proba, tra
 from ml.families.xgboost.model import predict_proba as xgb_predict_proba
 from ml.families.xgboost.model import train_xgb
 from ml.families.xgboost.pyfunc import log_model as log_final_model
-from ml.registry import CHALLENGER, CHAMPION, MODEL_NAME, pr_auc, promote
+from ml.registry import CHALLENGER, CHAMPION, MODEL_NAME, pr_auc, predict_frame, promote
 from ml.splits import SplitData
 from ml.tracking import LoggedModel
 
@@ -161,6 +161,10 @@ def test_a_registered_sequence_model_loads_from_the_registry_and_scores(
     np.testing.assert_allclose(scores, calibrated, rtol=1e-5, atol=1e-7)
     with pytest.raises(Exception, match="prices"):
         model.predict(test_input.drop(columns=["prices"]))
+    # The project's scoring path skips MLflow's per-cell conversion, not its result or errors.
+    np.testing.assert_array_equal(predict_frame(model, test_input), scores)
+    with pytest.raises(Exception, match="prices"):
+        predict_frame(model, test_input.drop(columns=["prices"]))
 
 
 def test_promotion_works_across_the_two_families(
@@ -187,9 +191,11 @@ def test_promotion_works_across_the_two_families(
     decision = promote(client, second, X, y, users(data))
     assert decision.promoted and decision.champion_version == first
     assert decision.challenger_pr_auc == pytest.approx(xgb_score)
-    # Calibration keeps the order of scores; for a model that learned nothing its slope is
-    # near zero and some neighbouring scores become equal, hence the tolerance.
-    assert decision.champion_pr_auc == pytest.approx(bad_seq_score, abs=0.01)
+    # The champion is scored as registered: calibrated. For a model that learned nothing the
+    # calibration's slope is near zero and neighbouring scores become equal, which moves its
+    # PR-AUC away from the raw scores' one.
+    served_bad = seq_evaluation(bad_seq, data).calibrator.apply(seq_scores(bad_seq, data))
+    assert decision.champion_pr_auc == pytest.approx(pr_auc(y, served_bad), rel=1e-6)
     assert aliases(client) == {CHAMPION: second, CHALLENGER: second}
 
     # A torch-seq challenger against an XGBoost champion.

@@ -287,22 +287,46 @@ def build_tensors(
     )
 
 
-class _Batches(Sampler[torch.Tensor]):
-    """Yields whole batches of row indices (a shuffled permutation split in chunks), so the
-    DataLoader fetches each batch with one indexing call instead of row by row."""
+# Rows of this many batches are sorted by length together before they are cut into batches.
+BUCKET_BATCHES = 32
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator | None) -> None:
-        self.n, self.batch_size, self.generator = n, batch_size, generator
+
+class _Batches(Sampler[torch.Tensor]):
+    """Yields whole batches of row indices, so the DataLoader fetches each batch with one
+    indexing call instead of row by row.
+
+    Shuffled (a seeded generator): a random permutation, cut into buckets of BUCKET_BATCHES
+    batches whose rows are sorted by sequence length and then cut into batches, the batches
+    in random order. Each batch then holds rows of similar length and is padded (and computed)
+    to little more than they need; the rows of a batch are still a random draw from its bucket.
+    Not shuffled: `order` (a permutation), or the rows as they are.
+    """
+
+    def __init__(
+        self,
+        lengths: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator | None,
+        order: torch.Tensor | None = None,
+    ) -> None:
+        self.lengths, self.batch_size = lengths, batch_size
+        self.generator, self.order = generator, order
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         if self.generator is None:
-            order = torch.arange(self.n)
-        else:
-            order = torch.randperm(self.n, generator=self.generator)
-        yield from order.split(self.batch_size)
+            order = self.order if self.order is not None else torch.arange(len(self.lengths))
+            yield from order.split(self.batch_size)
+            return
+        shuffled = torch.randperm(len(self.lengths), generator=self.generator)
+        batches: list[torch.Tensor] = []
+        for bucket in shuffled.split(self.batch_size * BUCKET_BATCHES):
+            by_length = bucket[torch.argsort(self.lengths[bucket], stable=True)]
+            batches.extend(by_length.split(self.batch_size))
+        for position in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[position]
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
+        return math.ceil(len(self.lengths) / self.batch_size)
 
 
 def make_loader(
@@ -310,13 +334,15 @@ def make_loader(
     batch_size: int,
     device: torch.device,
     shuffle_seed: int | None = None,
+    order: torch.Tensor | None = None,
 ) -> DataLoader:
-    """Batches of `tensors`, shuffled by a seeded generator when `shuffle_seed` is given, with
-    pinned memory on CUDA so that host-to-device copies can be asynchronous."""
+    """Batches of `tensors`, shuffled by a seeded generator when `shuffle_seed` is given, or
+    in the row order `order` (a permutation), with pinned memory on CUDA so that host-to-device
+    copies can be asynchronous."""
     generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
     return DataLoader(
         TensorDataset(*tensors.as_tuple()),
-        sampler=_Batches(len(tensors), batch_size, generator),
+        sampler=_Batches(tensors.lengths, batch_size, generator, order),
         batch_size=None,
         pin_memory=device.type == "cuda",
     )

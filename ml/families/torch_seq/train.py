@@ -102,11 +102,15 @@ def predict_logits(
     batch_size: int,
     device: torch.device | None = None,
 ) -> np.ndarray:
-    """Logits (float64) for every row of `tensors`, in order, in eval mode."""
+    """Logits (float64) for every row of `tensors`, in order, in eval mode.
+
+    Rows go through the network shortest sequence first, so that each batch is cut to a width
+    close to its own rows' lengths (padding is masked, so the order changes no logit)."""
     device = device or next(net.parameters()).device
     net.eval()
+    by_length = torch.argsort(tensors.lengths, stable=True)
     loader = make_loader(
-        SequenceTensors(*tensors.as_tuple()[:5]), batch_size, device, shuffle_seed=None
+        SequenceTensors(*tensors.as_tuple()[:5]), batch_size, device, order=by_length
     )
     outputs = []
     for batch in loader:
@@ -114,7 +118,9 @@ def predict_logits(
             outputs.append(net(*to_device(batch, device)).float())
     if not outputs:
         return np.empty(0, dtype=np.float64)
-    return torch.cat(outputs).cpu().numpy().astype(np.float64)
+    logits = torch.empty(len(tensors), dtype=torch.float64)
+    logits[by_length] = torch.cat(outputs).cpu().double()
+    return logits.numpy()
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
