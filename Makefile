@@ -6,6 +6,12 @@ BIN := $(CURDIR)/$(VENV)/bin
 # dagster-dbt calls the `dbt` executable: the environment's bin/ must be on PATH.
 export PATH := $(BIN):$(PATH)
 export DAGSTER_HOME ?= $(CURDIR)/.local/dagster
+# Pseudonyms are keyed with PROPENSITY_PSEUDONYM_SALT (ml/data/pseudonyms.py). The demo shop
+# and the tests run in development mode, with a public salt that protects nothing; `make run`
+# says so in its summary. For a real shop: export PROPENSITY_PSEUDONYM_SALT from your secret
+# store and run with DEVELOPMENT=0, so that a missing salt stops the build.
+DEVELOPMENT ?= 1
+export PROPENSITY_DEVELOPMENT := $(DEVELOPMENT)
 
 INSTALLED := $(VENV)/.installed
 # Where a local torch CPU wheel is kept (these machines: /opt/wheels); uv only looks there if told.

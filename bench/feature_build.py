@@ -175,6 +175,8 @@ def dbt_command(
         "PROPENSITY_WAREHOUSE": str(warehouse),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        # The simulated shop needs no secret pseudonym key (ml/data/pseudonyms.py).
+        "PROPENSITY_DEVELOPMENT": os.environ.get("PROPENSITY_DEVELOPMENT", "1"),
     }
     args = [
         dbt_executable(),

@@ -13,10 +13,6 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
 
-# A development default only: set PROPENSITY_PSEUDONYM_SALT to a secret in any real deployment.
-DEVELOPMENT_SALT = "development-salt-not-secret"
-
-
 def _path_from_env(variable: str, default: Path) -> Path:
     value = os.environ.get(variable)
     return Path(value).expanduser().resolve() if value else default
@@ -40,11 +36,6 @@ def landing_dir() -> Path:
 def dagster_home() -> Path:
     """The Dagster instance folder (DAGSTER_HOME, default `.local/dagster/`)."""
     return _path_from_env("DAGSTER_HOME", local_dir() / "dagster")
-
-
-def pseudonym_salt() -> str:
-    """Salt for hashing user ids (PROPENSITY_PSEUDONYM_SALT, a development default otherwise)."""
-    return os.environ.get("PROPENSITY_PSEUDONYM_SALT", DEVELOPMENT_SALT)
 
 
 def mlflow_tracking_uri() -> str:

@@ -15,6 +15,7 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
 from ml import settings
+from ml.data.pseudonyms import pseudonym_mode
 from ml.data.synthetic import SyntheticConfig
 from ml.families import all_families
 from ml.registry import CHAMPION, MODEL_NAME, newest_versions_by_family
@@ -150,6 +151,7 @@ def main() -> int:
             return 1
         print(f"\nfull_pipeline succeeded (run {result.run_id})")
         print(f"Warehouse: {settings.warehouse_path()}")
+        print(f"  pseudonyms: {pseudonym_mode()}")
         print("\n".join(warehouse_summary()))
         print(
             f"MLflow: {settings.mlflow_tracking_uri()} "

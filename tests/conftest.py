@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from ml.data.pseudonyms import DEVELOPMENT_VARIABLE
 from ml.settings import DBT_PROJECT_DIR, PROJECT_ROOT
 
 BIN_DIR = Path(sys.executable).parent
@@ -20,6 +21,9 @@ SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
 def pytest_configure(config: pytest.Config) -> None:
     """The Dagster definitions need dbt's manifest; prepare it once, as `make manifest` does."""
     os.environ["PATH"] = f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+    # Test data is synthetic or public: development mode's public pseudonym salt is enough.
+    # Tests of the salt itself set or remove it (tests/test_privacy.py).
+    os.environ.setdefault(DEVELOPMENT_VARIABLE, "1")
     if not (DBT_PROJECT_DIR / "target" / "manifest.json").exists():
         subprocess.run(
             ["dbt", "parse", "--quiet", "--profiles-dir", "."], cwd=DBT_PROJECT_DIR, check=True

@@ -660,7 +660,7 @@ def _csv_stage_sql(
     n = layout.n_fields
     mapped_sql = f"""
         WITH split AS (
-            SELECT line_number, line, bad_utf8,
+            SELECT line_number, line, bad_utf8, cut,
                 CASE
                     WHEN NOT contains(line, '"') THEN string_split(line, ',')
                     WHEN regexp_full_match(line, {_lit(_CSV_LINE_RE)}) THEN list_transform(
@@ -673,6 +673,9 @@ def _csv_stage_sql(
         texts AS (
             SELECT line_number, line,
                 CASE
+                    WHEN cut AND trim(line) <> ''
+                        THEN 'truncated line: the file does not end with a line break, so its '
+                             || 'last line may be cut short'
                     WHEN bad_utf8 THEN 'invalid utf-8'
                     WHEN trim(line) = '' THEN 'malformed line: blank line'
                     WHEN fields IS NULL THEN 'malformed line: unbalanced or misplaced quotes'
@@ -716,17 +719,20 @@ def _stage_csv(
     )
     rows_read = 0
     next_line_number = 1
-    for lines, bad_utf8 in _iter_line_chunks(path, CSV_CHUNK_BYTES):
+    for lines, bad_utf8, ends_without_newline in _iter_line_chunks(path, CSV_CHUNK_BYTES):
         if next_line_number == 1 and layout.has_header:
             lines, bad_utf8 = lines[1:], bad_utf8[1:]
             next_line_number = 2
         if not lines:
             continue
+        cut = np.zeros(len(lines), dtype=bool)
+        cut[-1] = ends_without_newline
         chunk = pa.table(
             {
                 "line_number": np.arange(next_line_number, next_line_number + len(lines)),
                 "line": pa.array(lines, type=pa.string()),
                 "bad_utf8": bad_utf8,
+                "cut": cut,
             }
         )
         con.register("_ingest_chunk", chunk)
@@ -739,12 +745,14 @@ def _stage_csv(
     return rows_read
 
 
-def _iter_line_chunks(path: Path, chunk_bytes: int) -> Iterator[tuple[list[str], pa.Array]]:
+def _iter_line_chunks(path: Path, chunk_bytes: int) -> Iterator[tuple[list[str], pa.Array, bool]]:
     """Yield the file's lines in order, in chunks, as text without line endings.
 
     Lines end at "\\n" only (a "\\r" before it is dropped, a UTF-8 BOM at the start too), so
-    line numbers are what an editor shows; a last line without "\\n" counts. Lines that are
-    not valid UTF-8 are decoded with replacement characters and flagged in the second item.
+    line numbers are what an editor shows. Lines that are not valid UTF-8 are decoded with
+    replacement characters and flagged in the second item. The third is True for the last
+    chunk when the file does not end with "\\n": its last line may have been cut short (a
+    truncated copy), so it is quarantined rather than trusted.
     """
     carry = b""
     first = True
@@ -756,10 +764,10 @@ def _iter_line_chunks(path: Path, chunk_bytes: int) -> Iterator[tuple[list[str],
                 carry = data
                 continue
             carry = data[end + 1 :]
-            yield _decode_lines(data[:end], first)
+            yield (*_decode_lines(data[:end], first), False)
             first = False
     if carry:
-        yield _decode_lines(carry, first)
+        yield (*_decode_lines(carry, first), True)
 
 
 def _decode_lines(data: bytes, first: bool) -> tuple[list[str], pa.Array]:

@@ -9,6 +9,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
 from ml import settings
+from ml.data.pseudonyms import MissingSaltError, pseudonym_mode, pseudonym_salt, salt_is_set
 from orchestration.defs.resources import WAREHOUSE_POOL
 from orchestration.project import dbt_project
 
@@ -51,6 +52,14 @@ def warehouse_dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, config: FeatureWindowConfig
 ) -> Iterator[Any]:
     """Builds and tests the models; each dbt data test is reported as an asset check."""
+    # The pseudonym key comes from the environment only (ml.data.dbt_plugin): without it dbt
+    # would stop at its first connection; say so here, in one line, before dbt starts.
+    try:
+        pseudonym_salt()
+    except MissingSaltError as error:
+        raise dg.Failure(description=str(error)) from None
+    if not salt_is_set():
+        context.log.warning(f"Pseudonyms: {pseudonym_mode()}")
     # dbt reads the warehouse path from its environment (profiles.yml); hand it the path that
     # ml.settings resolved, so PROPENSITY_HOME and PROPENSITY_WAREHOUSE mean the same to both.
     os.environ["PROPENSITY_WAREHOUSE"] = str(settings.warehouse_path())

@@ -4,6 +4,9 @@ and the team's real REES46 and RetailRocket samples (read in place, never copied
 from __future__ import annotations
 
 import csv
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -359,9 +362,9 @@ def test_every_kind_of_bad_row_is_quarantined_with_line_and_reason(con, tmp_path
         *(text.encode() for text, _ in BAD_ROWS),  # lines 4 ..
         good_quoted.encode(),  # the last line
     ]
-    # Windows line endings and no newline at the end.
+    # Windows line endings.
     path = tmp_path / "bad.csv"
-    path.write_bytes(b"\r\n".join(lines))
+    path.write_bytes(b"\r\n".join(lines) + b"\r\n")
 
     report = ingest_file(con, path, "rees46", INGEST_TIME)
 
@@ -393,6 +396,29 @@ def test_every_kind_of_bad_row_is_quarantined_with_line_and_reason(con, tmp_path
         (datetime(2019, 10, 1, 0, 0, 1), "view", "1", "2", "a,b", 'say "hi"', None, "7", "s",
          last_line),
     ]  # fmt: skip
+
+
+def test_a_last_line_cut_short_by_a_truncated_copy_is_quarantined(con, tmp_path):
+    """A file that does not end with a line break was cut (a copy that stopped, a full disk):
+    its last line may be a shortened value that still parses ("s12" for session "s123")."""
+    complete = REES46_HEADER + "\n" + GOOD + "\n" + GOOD.replace(",s", ",s123") + "\n"
+    cut = complete[:-3]  # "...,7,s1": every field present, the session id shortened
+    path = write_text(tmp_path / "cut.csv", cut)
+
+    report = ingest_file(con, path, "rees46", INGEST_TIME)
+
+    assert (report.rows_read, report.accepted, report.quarantined) == (2, 1, 1)
+    assert report.quarantine_reasons == {"truncated line": 1}
+    (line_number, raw_line, reason) = con.sql(
+        "SELECT line_number, raw_line, reason FROM raw.quarantine"
+    ).fetchall()[0]
+    assert (line_number, raw_line) == (3, GOOD.replace(",s", ",s1"))
+    assert "does not end with a line break" in reason
+    assert_reconciles(con, report)
+    # The complete file, once it arrives, brings the row in whole.
+    whole = ingest_file(con, write_text(tmp_path / "whole.csv", complete), "rees46", INGEST_TIME)
+    assert (whole.accepted, whole.duplicates) == (1, 1)
+    assert [row[8] for row in events(con)] == ["s", "s123"]
 
 
 def test_events_after_the_ingest_time_are_quarantined(con, tmp_path):
@@ -449,7 +475,8 @@ def test_duplicates_inside_a_file_keep_the_first_occurrence(con, tmp_path):
         tmp_path / "dups.csv",
         "\n".join(
             [REES46_HEADER, a, b, a_again, b, a, a_no_session, c_pipe_in_code, c_pipe_in_brand]
-        ),
+        )
+        + "\n",
     )
 
     report = ingest_file(con, path, "rees46", INGEST_TIME)
@@ -711,3 +738,60 @@ def test_a_refused_file_does_not_stop_its_batch_and_is_tried_again(tmp_path):
 def test_an_empty_file_is_called_empty(con, tmp_path):
     with pytest.raises(ValueError, match="empty file"):
         ingest_file(con, write_text(tmp_path / "empty.csv", "\ufeff\n"), "rees46", INGEST_TIME)
+
+
+KILLED_INGEST = """
+import os, signal, sys
+from pathlib import Path
+from ml.data import ingest
+
+original = ingest._scalar
+
+
+def scalar_then_die(con, sql, *args, **kwargs):
+    value = original(con, sql, *args, **kwargs)
+    if "INSERT INTO raw.events" in sql:  # the rows are in, the file's transaction is open
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+ingest._scalar = scalar_then_die
+ingest.ingest_paths(Path(sys.argv[1]), [Path(sys.argv[2])], "rees46")
+"""
+
+
+def test_an_ingest_killed_before_its_commit_leaves_nothing_and_the_rerun_is_exact(tmp_path):
+    rows = [
+        f"2019-10-01 00:{i // 60:02d}:{i % 60:02d} UTC,view,{i},,,,1.5,{i % 97},s"
+        for i in range(3000)
+    ]
+    rows += ["2019-10-01 00:00:00 UTC,click,1,,,,1.5,7,s", rows[5]]  # a bad row, a repeat
+    path = write_text(tmp_path / "events.csv", "\n".join([REES46_HEADER, *rows]) + "\n")
+    warehouse = tmp_path / "warehouse.duckdb"
+    ingest_paths(
+        warehouse,
+        [write_text(tmp_path / "first.csv", REES46_HEADER + "\n" + rows[0] + "\n")],
+        "rees46",
+    )
+
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_INGEST, str(warehouse), str(path)], check=False
+    )
+
+    assert killed.returncode == -signal.SIGKILL
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.sql("SELECT count(*) FROM raw.events").fetchall() == [(1,)]
+        assert con.sql("SELECT count(*) FROM raw.quarantine").fetchall() == [(0,)]
+        assert con.sql("SELECT count(*) FROM raw.ingested_files").fetchall() == [(1,)]
+    (report,) = ingest_paths(warehouse, [path], "rees46")
+    assert (report.rows_read, report.accepted, report.quarantined, report.duplicates) == (
+        3002,
+        2999,
+        1,
+        2,
+    )
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.sql("SELECT count(*), count(DISTINCT event_key) FROM raw.events").fetchall() == [
+            (3000, 3000)
+        ]
+    assert ingest_paths(warehouse, [path], "rees46")[0].accepted == 0  # and only once

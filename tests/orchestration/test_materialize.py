@@ -9,16 +9,21 @@ night (orchestration/nightly.py) runs the job the 02:00 schedule runs on the nex
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
 import mlflow
+import pytest
 
+from ml.data.pseudonyms import DEVELOPMENT_VARIABLE, SALT_VARIABLE
+from ml.settings import DBT_PROJECT_DIR
 from orchestration.defs.jobs import CUTOFF_TAG, full_pipeline_job, multiprocess_execution
 from orchestration.defs.resources import WAREHOUSE_POOL
 from orchestration.instance import instance_settings
 from tests.conftest import query
+from tests.privacy_scan import files_holding, raw_user_ids, warehouse_leaks
 
 SMALL_SHOP = {"n_users": 1500, "days": 30, "seed": 3}
 FULL_RUN_CONFIG = {
@@ -52,9 +57,23 @@ def pool_step_intervals(
     return sorted(intervals)
 
 
-def test_full_pipeline_multiprocess_with_the_pool_then_a_night(project_home: Path) -> None:
+def dbt_run_folders(run_id: str) -> list[Path]:
+    """dagster-dbt's target folders (manifest, compiled and run SQL, logs) of one run."""
+    return [p for p in (DBT_PROJECT_DIR / "target").iterdir() if f"-{run_id[:7]}-" in p.name]
+
+
+def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
+    project_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from orchestration.definitions import defs
     from orchestration.nightly import run_night
+
+    # A real key, outside development mode: afterwards neither it nor a raw user id may be on
+    # disk outside the raw layer (step processes inherit the environment).
+    salt = secrets.token_hex(16)
+    monkeypatch.setenv(SALT_VARIABLE, salt)
+    monkeypatch.setenv(DEVELOPMENT_VARIABLE, "0")
+    scanned: list[Path] = []
 
     pool_steps = {
         node.name
@@ -148,6 +167,10 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(project_home: Pat
         second = client.get_model_version("purchase-propensity", "2").tags
         winner = "2" if float(second["pr_auc_difference_lower_bound"]) > 0 else "1"
         assert promotion["champion_version"] == winner
+        raw_ids = raw_user_ids(project_home / "warehouse.duckdb")
+        dagster_folders = [Path(instance.root_directory), *dbt_run_folders(result.run_id)]
+        assert files_holding(dagster_folders, salt, raw_ids) == {}
+        scanned += dagster_folders
 
     warehouse = project_home / "warehouse.duckdb"
     (n_features, n_labels, n_sequences, n_cutoffs) = query(
@@ -192,6 +215,9 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(project_home: Pat
         assert run.run_config["ops"]["warehouse_dbt_models"]["config"]["as_of"] == (
             "2025-10-02 00:00:00"
         )
+        raw_ids = raw_user_ids(project_home / "warehouse.duckdb")
+        night_folders = [Path(instance.root_directory), *dbt_run_folders(night.run_id)]
+        assert files_holding(night_folders, salt, raw_ids) == {}
     assert night.new_day.isoformat() == "2025-10-01" and night.events > 0
     assert night.model_version == "4"
     assert {(v, family) for v, family, _ in night.new_versions} in (
@@ -209,6 +235,16 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(project_home: Pat
         "(select max(cutoff_time) from predictions.user_propensity)",
     )[0]
     assert latest_cutoff == scored_cutoff == datetime(2025, 10, 2)
+
+    # The state folder: MLflow's store (params, tags, metrics) and artifacts (models, input
+    # examples, model cards, plots), the Optuna journal, the training snapshots; the warehouse
+    # and the landing files are the raw layer, checked table by table instead.
+    warehouse = project_home / "warehouse.duckdb"
+    assert scanned and len(raw_ids) > 500
+    skip = [warehouse, project_home / "landing"]
+    assert files_holding([project_home], salt, raw_ids, skip=skip) == {}
+    assert warehouse_leaks(warehouse, salt) == []
+    assert salt.encode() not in warehouse.read_bytes()
 
 
 def test_materialize_ingestion_and_dbt_assets_then_reingest_nothing(project_home: Path) -> None:

@@ -1,17 +1,21 @@
 {#-
   Typed and cleaned events, only those in [data_start, as_of) when those vars are set. The raw
-  user id is replaced by a salted hash here and never leaves the raw layer. Event types are named
-  here once: a small code (seed event_types) for the sequences and one flag per type. Events
-  without a source session id get one from 30 minutes of inactivity; the derived id is the user
-  plus the session's first event time, so appending later events never renames an earlier
-  session.
+  user id is replaced by its pseudonym here and never leaves the raw layer: pseudonym() is the
+  keyed hash (HMAC-SHA-256) that ml/data/dbt_plugin.py registers on dbt's connection, keyed with
+  PROPENSITY_PSEUDONYM_SALT from the environment, so the key is in no SQL text. It runs once
+  per distinct user. A table, not a view: readers outside dbt have no pseudonym() function.
 
-  Performance: both CTEs are NOT MATERIALIZED. They are read by the two branches of the union,
+  Event types are named here once: a small code (seed event_types) for the sequences and one
+  flag per type. Events without a source session id get one from 30 minutes of inactivity; the
+  derived id is the user plus the session's first event time, so appending later events never
+  renames an earlier session.
+
+  Performance: raw_events and cleaned are NOT MATERIALIZED. They are read by the two branches of the union,
   and DuckDB would otherwise materialize the whole cleaned event table (every row hashed and
   copied once more) before filtering it; inlined, each branch streams from raw.events and the
   filter on the session id is applied before the per-row work.
 -#}
-{%- set salt = env_var('PROPENSITY_PSEUDONYM_SALT', 'development-salt-not-secret') -%}
+{{ config(materialized='table') }}
 
 with raw_events as not materialized (
 
@@ -25,6 +29,13 @@ with raw_events as not materialized (
         -- From the data's start on: stray events before it must not stretch the cutoff grid.
         and event_time >= {{ data_start_time() }}
     {%- endif %}
+
+),
+
+user_pseudonyms as (
+
+    select user_id as raw_user_id, pseudonym(user_id) as user_id
+    from (select distinct user_id from raw_events)
 
 ),
 
@@ -51,11 +62,12 @@ cleaned as not materialized (
         nullif(lower(trim(category_code)), '') as category_code,
         nullif(lower(trim(brand)), '') as brand,
         price,
-        -- 60 bits of a salted SHA-256: pseudonymous, and a compact key for the marts.
-        ('0x' || left(sha256('{{ salt }}' || ':' || user_id), 15))::bigint as user_id,
+        -- 60 bits of the keyed hash: pseudonymous, and a compact key for the marts.
+        user_pseudonyms.user_id,
         nullif(trim(user_session), '') as source_session_id,
         source
     from raw_events
+    inner join user_pseudonyms on raw_events.user_id = user_pseudonyms.raw_user_id
 
 ),
 
