@@ -94,6 +94,32 @@ def test_more_padding_gives_the_same_logit(encoder: str, sequence_split_data: Sp
     np.testing.assert_allclose(np.delete(moved, row), np.delete(logits, row), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("encoder", ["gru", "transformer"])
+def test_the_gru_and_the_head_run_in_float32_under_autocast(
+    encoder: str, sequence_split_data: SplitData
+) -> None:
+    """Mixed precision may speed up the rest, not these: autocast would run a cuDNN GRU in
+    float16 (no gradient scaler here) and hand back low-precision logits. Checked on the CPU
+    with bf16 autocast, where the same code paths decide."""
+    data = sequence_split_data
+    params = replace(SMALL, encoder=encoder, hidden_size=16, max_length=20)
+    scaler = FeatureScaler.fit(data.X_train)
+    tensors = build_tensors(scaler, params, data.X_train[:32], data.sequences_train[:32])
+    net = SequencePropensityNet(scaler.n_outputs, params)
+    autocast_in_gru: list[bool] = []
+    net.encoder.register_forward_pre_hook(
+        lambda module, args: autocast_in_gru.append(torch.is_autocast_enabled("cpu"))
+    )
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = net(*tensors.as_tuple())
+
+    assert logits.dtype == torch.float32
+    assert autocast_in_gru == [encoder != "gru"]  # the Transformer may use bf16
+    logits.sum().backward()  # and it trains through both precisions
+    assert all(p.grad is not None for p in net.head.parameters())
+
+
 def test_overfits_a_tiny_dataset() -> None:
     tiny = make_split_data(seed=5, n_train=48, n_eval=10, with_sequences=True)
     # Random labels: only memorizing the 48 rows can fit them. Validation = train here.

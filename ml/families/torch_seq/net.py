@@ -159,8 +159,10 @@ class SequencePropensityNet(nn.Module):
         steps = torch.arange(x.shape[1], device=x.device)
         mask = steps.unsqueeze(0) < lengths.unsqueeze(1)
         if self.encoder_type == "gru":
-            # float32 in: the GRU is not on autocast's list, its weights stay float32.
-            output, _ = self.encoder(x.float())
+            # Outside autocast, in float32: on CUDA autocast runs a cuDNN GRU in float16 whatever
+            # dtype it was asked for, and nothing here scales gradients for float16.
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                output, _ = self.encoder(x.float())
             last = (lengths - 1).clamp(min=0)
             summary = output[torch.arange(output.shape[0], device=x.device), last]
         else:
@@ -172,5 +174,8 @@ class SequencePropensityNet(nn.Module):
             weights = mask.unsqueeze(-1).to(encoded.dtype)
             summary = (encoded * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         summary = summary * has_events.to(summary.dtype)
-        fused = torch.cat([summary.to(x.dtype), self.static(static).to(x.dtype)], dim=-1)
-        return self.head(fused).squeeze(-1)
+        # The head in float32, so that logits (early stopping, logged metrics, the gate's
+        # scores) are the same numbers on every device.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            fused = torch.cat([summary.float(), self.static(static.float())], dim=-1)
+            return self.head(fused).squeeze(-1)
