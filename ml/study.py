@@ -287,8 +287,10 @@ def trial_mlflow_run(trial: optuna.Trial, tags: dict[str, Any]) -> Iterator[None
     to Optuna, which records the trial as PRUNED or FAIL.
     """
     stop: optuna.TrialPruned | StudyTimedOut | None = None
-    with mlflow.start_run(nested=True, run_name=f"trial-{trial.number}"):
-        mlflow.set_tags(tags)
+    # The tags (the worker's among them) are created with the run, not set after it: a process
+    # killed in between would leave a RUNNING run that no later study could tell is orphaned.
+    as_text = {name: str(value) for name, value in tags.items()}
+    with mlflow.start_run(nested=True, run_name=f"trial-{trial.number}", tags=as_text):
         try:
             yield
         except optuna.TrialPruned as pruned:
