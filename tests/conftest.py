@@ -31,9 +31,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def run_dbt(
-    warehouse: Path, command: str = "build", dbt_vars: dict | None = None, select: str = ""
+    warehouse: Path,
+    command: str = "build",
+    dbt_vars: dict | None = None,
+    select: str = "",
+    check: bool = True,
+    env: dict[str, str | None] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Runs the real dbt CLI on `warehouse`, with its own target folder so runs never collide."""
+    """Runs the real dbt CLI on `warehouse`, with its own target and log folders beside it so
+    runs never collide. `env` sets (or, with None, removes) environment variables for this run;
+    with check=False a failure is returned instead of failing the test."""
     args = [
         "dbt",
         command,
@@ -41,14 +48,24 @@ def run_dbt(
         ".",
         "--target-path",
         str(warehouse.parent / "target"),
+        "--log-path",
+        str(warehouse.parent / "logs"),
     ]
     if dbt_vars:
         args += ["--vars", json.dumps(dbt_vars)]
     if select:
         args += ["--select", select]
-    env = {**os.environ, "PROPENSITY_WAREHOUSE": str(warehouse)}
-    result = subprocess.run(args, cwd=DBT_PROJECT_DIR, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"dbt {command} failed:\n{result.stdout[-4000:]}"
+    environment = {**os.environ, "PROPENSITY_WAREHOUSE": str(warehouse)}
+    for name, value in (env or {}).items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    result = subprocess.run(
+        args, cwd=DBT_PROJECT_DIR, env=environment, capture_output=True, text=True
+    )
+    if check:
+        assert result.returncode == 0, f"dbt {command} failed:\n{result.stdout[-4000:]}"
     return result
 
 

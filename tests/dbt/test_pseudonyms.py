@@ -4,7 +4,6 @@ outside the raw layer. Without a key, outside development mode, dbt stops before
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 from pathlib import Path
@@ -13,8 +12,7 @@ import duckdb
 
 from ml.data.ingest import ingest_paths
 from ml.data.pseudonyms import DEVELOPMENT_VARIABLE, SALT_VARIABLE, pseudonym
-from ml.settings import DBT_PROJECT_DIR
-from tests.conftest import query
+from tests.conftest import query, run_dbt
 
 HEADER = (
     "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
@@ -36,18 +34,9 @@ def write_events(folder: Path) -> Path:
 
 
 def dbt_build(warehouse: Path, environment: dict[str, str]) -> subprocess.CompletedProcess:
-    """`dbt build` with its target and logs in the warehouse's folder, and `environment`
-    instead of the test process's pseudonym settings."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in (SALT_VARIABLE, DEVELOPMENT_VARIABLE)
-    }
-    env.update(environment, PROPENSITY_WAREHOUSE=str(warehouse))
-    folder = warehouse.parent
-    command = ["dbt", "build", "--profiles-dir", ".", "--target-path", str(folder / "target")]
-    command += ["--log-path", str(folder / "logs")]
-    return subprocess.run(command, cwd=DBT_PROJECT_DIR, env=env, capture_output=True, text=True)
+    """`dbt build` with `environment` instead of the test process's pseudonym settings."""
+    settings = {SALT_VARIABLE: None, DEVELOPMENT_VARIABLE: None, **environment}
+    return run_dbt(warehouse, "build", check=False, env=settings)
 
 
 def files_containing(folder: Path, needles: list[str]) -> dict[str, list[str]]:

@@ -5,16 +5,12 @@ the shop's local midnight (timezone), and data_start keeps a stray event from st
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from ml.data.ingest import ingest_paths
-from ml.settings import DBT_PROJECT_DIR
 from tests.conftest import query, run_dbt
 
 HEADER = (
@@ -141,23 +137,12 @@ def test_cutoffs_fall_at_local_midnight_in_the_shops_timezone(tmp_path: Path) ->
 
 
 def test_a_timezone_with_daylight_saving_time_is_refused(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            "dbt",
-            "compile",
-            "--profiles-dir",
-            ".",
-            "--target-path",
-            str(tmp_path / "target"),
-            "--select",
-            "int_events",
-            "--vars",
-            '{"timezone": "Europe/Berlin"}',
-        ],
-        cwd=DBT_PROJECT_DIR,
-        env={**os.environ, "PROPENSITY_WAREHOUSE": str(tmp_path / "w.duckdb")},
-        capture_output=True,
-        text=True,
+    result = run_dbt(
+        tmp_path / "w.duckdb",
+        "compile",
+        {"timezone": "Europe/Berlin"},
+        select="int_events",
+        check=False,
     )
     assert result.returncode != 0
     output = result.stdout + result.stderr
@@ -189,22 +174,7 @@ def test_a_runaway_cutoff_grid_stops_the_build_naming_the_events(tmp_path: Path)
     # the build at int_events, before any per-user work, and says what to do.
     warehouse = ingest(tmp_path, STRAY + EVENTS)
     hourly = {"cutoff_step": "1 hour", "lookback": "1 day", "horizon": "1 day"}
-    result = subprocess.run(
-        [
-            "dbt",
-            "run",
-            "--profiles-dir",
-            ".",
-            "--target-path",
-            str(tmp_path / "target"),
-            "--vars",
-            json.dumps({**hourly, "max_cutoffs": 1000}),
-        ],
-        cwd=DBT_PROJECT_DIR,
-        env={**os.environ, "PROPENSITY_WAREHOUSE": str(warehouse)},
-        capture_output=True,
-        text=True,
-    )
+    result = run_dbt(warehouse, "run", {**hourly, "max_cutoffs": 1000}, check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "The events span 1688 cutoffs of 1 hour" in output

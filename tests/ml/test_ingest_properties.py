@@ -13,7 +13,7 @@ import duckdb
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ml.data.ingest import ingest_file
+from ml.data.ingest import IngestReport, ingest_file
 
 INGEST_TIME = datetime(2024, 6, 1, 12, 0, 0)
 HEADER = [
@@ -107,11 +107,17 @@ def write_csv(path: Path, rows: list[tuple[str, ...]]) -> Path:
     return path
 
 
-def stored(con: duckdb.DuckDBPyConnection) -> list[tuple]:
-    return con.sql(
-        "SELECT event_time, event_type, product_id, category_id, category_code, brand, price, "
-        "user_id, user_session FROM raw.events ORDER BY line_number"
-    ).fetchall()
+def ingest_rows(rows: list[tuple[str, ...]], folder: Path) -> tuple[IngestReport, list[tuple]]:
+    """Writes `rows` as a REES46 file, ingests it into a new warehouse; the report, then the
+    stored events (canonical fields, in line order)."""
+    with duckdb.connect(str(folder / "w.duckdb")) as con:
+        report = ingest_file(con, write_csv(folder / "e.csv", rows), "rees46", INGEST_TIME)
+        assert con.sql("SELECT count(*) FROM raw.quarantine").fetchall() == [(report.quarantined,)]
+        events = con.sql(
+            "SELECT event_time, event_type, product_id, category_id, category_code, brand, "
+            "price, user_id, user_session FROM raw.events ORDER BY line_number"
+        ).fetchall()
+    return report, events
 
 
 GOOD = ("2019-10-01 00:00:00 UTC", "view", "p1", "", "", "", "1.50", "u1", "s1")
@@ -132,16 +138,12 @@ EDGES = [
 def test_any_rows_reconcile_and_only_plausible_events_are_stored(
     rows: list[tuple[str, ...]], tmp_path_factory
 ) -> None:
-    folder = tmp_path_factory.mktemp("any")
-    with duckdb.connect(str(folder / "w.duckdb")) as con:
-        report = ingest_file(con, write_csv(folder / "e.csv", rows), "rees46", INGEST_TIME)
+    report, events = ingest_rows(rows, tmp_path_factory.mktemp("any"))
 
-        assert report.rows_read == len(rows)
-        assert report.rows_read == report.accepted + report.quarantined + report.duplicates
-        assert sum(report.quarantine_reasons.values()) == report.quarantined
-        assert con.sql("SELECT count(*) FROM raw.quarantine").fetchall() == [(report.quarantined,)]
-        events = stored(con)
-        assert len(events) == report.accepted
+    assert report.rows_read == len(rows)
+    assert report.rows_read == report.accepted + report.quarantined + report.duplicates
+    assert sum(report.quarantine_reasons.values()) == report.quarantined
+    assert len(events) == report.accepted
     for time, event_type, product, category, code, brand, price, user, session in events:
         assert datetime(2000, 1, 1) <= time <= INGEST_TIME
         assert event_type in EVENT_TYPES
@@ -161,10 +163,7 @@ def test_any_rows_reconcile_and_only_plausible_events_are_stored(
 def test_valid_rows_are_stored_exactly_as_written(
     rows: list[tuple[str, ...]], tmp_path_factory
 ) -> None:
-    folder = tmp_path_factory.mktemp("valid")
-    with duckdb.connect(str(folder / "w.duckdb")) as con:
-        report = ingest_file(con, write_csv(folder / "e.csv", rows), "rees46", INGEST_TIME)
-        events = stored(con)
+    report, events = ingest_rows(rows, tmp_path_factory.mktemp("valid"))
 
     assert report.quarantined == 0, report.quarantine_reasons
     expected, seen = [], set()
