@@ -23,6 +23,9 @@ LABEL_COLUMN = "purchased"
 # The list columns of marts.user_sequences a sequence model reads (oldest event first). Each
 # cell is a 1-D numpy array; a row without a sequence gets empty arrays.
 SEQUENCE_COLUMNS = ("event_type_codes", "category_indexes", "prices", "seconds_before_cutoff")
+# The next-category target (marts.category_labels): the categories touched in the label window,
+# in order of first touch, as a 1-D numpy array per row (empty when none). Loaded with sequences.
+CATEGORY_TARGET_COLUMN = "horizon_category_indexes"
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,8 @@ class LabeledFeatures:
 
     `frame` holds the keys, the feature columns (float64, NaN for NULL), `purchased` (int 0/1)
     and `horizon_complete` (bool; rows whose label window is not over yet must not be used for
-    training or evaluation), plus the SEQUENCE_COLUMNS when loaded with sequences.
+    training or evaluation), plus the SEQUENCE_COLUMNS and CATEGORY_TARGET_COLUMN when loaded
+    with sequences.
     `feature_columns` lists every `user_features` column except the keys, in table order.
     """
 
@@ -79,6 +83,14 @@ def _sequences_select(with_sequences: bool) -> tuple[str, str]:
     return columns, "left join marts.user_sequences as s using (user_id, cutoff_time)"
 
 
+def _category_target_select(with_targets: bool) -> tuple[str, str]:
+    """Select list and join for the next-category target, or nothing."""
+    if not with_targets:
+        return "", ""
+    column = f",\n coalesce(c.{CATEGORY_TARGET_COLUMN}, []) as {CATEGORY_TARGET_COLUMN}"
+    return column, "left join marts.category_labels as c using (user_id, cutoff_time)"
+
+
 def _to_frame(relation: duckdb.DuckDBPyRelation) -> pd.DataFrame:
     """Through Arrow: list columns become numpy arrays per cell, far faster than `.df()`."""
     return relation.to_arrow_table().to_pandas()
@@ -89,12 +101,14 @@ def load_labeled_features(
 ) -> LabeledFeatures:
     """Features inner-joined to labels, ordered by cutoff then user so results are reproducible.
 
-    `with_sequences` adds the SEQUENCE_COLUMNS of marts.user_sequences for the same rows.
+    `with_sequences` adds the SEQUENCE_COLUMNS of marts.user_sequences for the same rows, and the
+    next-category target (CATEGORY_TARGET_COLUMN of marts.category_labels).
     `cutoffs` reads only those cutoffs' rows (the roles of a split), None every row: the cutoffs
     in the gaps between roles are most of the warehouse, and their sequences are the costly
     part to load.
     """
     sequence_columns, sequence_join = _sequences_select(with_sequences)
+    target_column, target_join = _category_target_select(with_sequences)
     where = "" if cutoffs is None else "where f.cutoff_time in (select unnest($cutoffs))"
     params = (
         None if cutoffs is None else {"cutoffs": [pd.Timestamp(c).to_pydatetime() for c in cutoffs]}
@@ -111,9 +125,11 @@ def load_labeled_features(
                     cast(l.purchased as integer) as purchased,
                     l.horizon_complete
                     {sequence_columns}
+                    {target_column}
                 from marts.user_features as f
                 inner join marts.labels as l using (user_id, cutoff_time)
                 {sequence_join}
+                {target_join}
                 {where}
                 order by f.cutoff_time, f.user_id
                 """,
@@ -173,3 +189,10 @@ def select_features(model_input: pd.DataFrame, feature_columns: Sequence[str]) -
             f"The input lacks {len(missing)} feature column(s) the model was trained on: {missing}"
         )
     return model_input[list(feature_columns)].astype(np.float64)
+
+
+def load_category_names(warehouse: Path) -> dict[int, str]:
+    """category_idx -> the name a shop manager reads (`marts.categories`)."""
+    with _connect(warehouse) as con:
+        rows = con.execute("select category_idx, category_name from marts.categories").fetchall()
+    return {int(index): str(name) for index, name in rows}

@@ -1,9 +1,10 @@
 """Scoring: the champion model scores every user active at the latest cutoff, and the top k
-become the shop's intervention list with the three features that pushed each score up most.
+become the shop's intervention list with the three features that pushed each score up most
+(each with its value), the action to take and its category (`ml.next_category.serving`).
 
-Three tables in the schema `predictions`, written in one DuckDB transaction:
-- `user_propensity` and `intervention_targets`: the scored cutoff's rows, replaced when the same
-  cutoff is scored again;
+Four tables in the schema `predictions`, written in one DuckDB transaction:
+- `user_propensity`, `intervention_targets` and `next_categories` (every scored shopper's top
+  categories): the scored cutoff's rows, replaced when the same cutoff is scored again;
 - `served_history`: every scoring run's scores, kept, so that they can be checked against the
   labels once those mature (`ml.served`). A rerun for the same (cutoff, model name, model
   version) replaces its own rows; another version scoring the same cutoff adds its own.
@@ -23,7 +24,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from ml.dataset import KEY_COLUMNS, load_scoring_frame
+from ml.dataset import KEY_COLUMNS, load_category_names, load_scoring_frame
+from ml.next_category.serving import CategoryRanking, choose_actions, rank_categories
 from ml.registry import MODEL_NAME, predict_frame
 
 CHAMPION_ALIAS = "champion"
@@ -42,6 +44,26 @@ _PREDICTIONS_DDL = (
         user_id bigint not null, cutoff_time timestamp not null, rank integer not null,
         score double not null, driver_1 varchar, driver_2 varchar, driver_3 varchar,
         model_version varchar not null, scored_at timestamp not null
+    )
+    """,
+    """
+    alter table predictions.intervention_targets add column if not exists action varchar
+    """,
+    """
+    alter table predictions.intervention_targets
+    add column if not exists action_category_idx integer
+    """,
+    """
+    alter table predictions.intervention_targets add column if not exists action_category varchar
+    """,
+    """
+    alter table predictions.intervention_targets add column if not exists category_source varchar
+    """,
+    """
+    create table if not exists predictions.next_categories (
+        user_id bigint not null, cutoff_time timestamp not null, rank integer not null,
+        category_idx integer not null, category_name varchar, probability double,
+        source varchar not null, scored_at timestamp not null
     )
     """,
     """
@@ -75,6 +97,8 @@ class ScoringSummary:
     # Rows of predictions.served_history after this run, over every cutoff and version.
     history_rows: int = 0
     history_cutoffs: int = 0
+    # Where the categories of next_categories and the actions came from (model or baseline).
+    category_source: str = ""
 
 
 def score_deciles(scores: np.ndarray) -> np.ndarray:
@@ -83,15 +107,56 @@ def score_deciles(scores: np.ndarray) -> np.ndarray:
     return np.ceil(ranks * 10 / len(scores)).astype(int)
 
 
-def top_drivers(contributions: pd.DataFrame, n: int = 3) -> list[list[str]]:
-    """Names of the n features with the largest positive contribution, per row."""
+def top_drivers(
+    contributions: pd.DataFrame, features: pd.DataFrame, n: int = 3
+) -> list[list[str | None]]:
+    """The n features with the largest positive contribution per row, each with the
+    shopper's value and what it did, e.g. "carts_7d = 3 (raises the score, +0.42)";
+    None where fewer than n features raised the score."""
     columns = np.array(contributions.columns)
     order = np.argsort(-contributions.to_numpy(), axis=1)[:, :n]
-    values = np.take_along_axis(contributions.to_numpy(), order, axis=1)
-    return [
-        [name if value > 0 else None for name, value in zip(columns[row], row_values, strict=True)]
-        for row, row_values in zip(order, values, strict=True)
-    ]
+    pushes = np.take_along_axis(contributions.to_numpy(), order, axis=1)
+    values = features[list(columns)].to_numpy(dtype=float)
+    drivers = []
+    for row, (names, row_pushes) in enumerate(zip(order, pushes, strict=True)):
+        drivers.append(
+            [
+                _driver_text(columns[name], values[row, name], push) if push > 0 else None
+                for name, push in zip(names, row_pushes, strict=True)
+            ]
+        )
+    return drivers
+
+
+def _driver_text(name: str, value: float, push: float) -> str:
+    shown = "missing" if np.isnan(value) else f"{value:.4g}"
+    return f"{name} = {shown} (raises the score, {push:+.2f})"
+
+
+def category_rows(
+    frame: pd.DataFrame,
+    ranking: CategoryRanking,
+    names: dict[int, str],
+    scored_at: datetime,
+) -> pd.DataFrame:
+    """predictions.next_categories: one row per scored shopper and rank."""
+    n, k = ranking.categories.shape
+    indexes = ranking.categories.reshape(-1)
+    probabilities = (
+        np.full(n * k, np.nan) if ranking.probabilities is None else ranking.probabilities.ravel()
+    )
+    return pd.DataFrame(
+        {
+            "user_id": np.repeat(frame["user_id"].to_numpy(), k),
+            "cutoff_time": np.repeat(frame["cutoff_time"].to_numpy(), k),
+            "rank": np.tile(np.arange(1, k + 1), n),
+            "category_idx": indexes.astype(np.int64),
+            "category_name": [names.get(int(i)) for i in indexes],
+            "probability": probabilities,
+            "source": ranking.source,
+            "scored_at": scored_at,
+        }
+    )
 
 
 def score_latest_cutoff(
@@ -129,7 +194,12 @@ def score_latest_cutoff(
     top = propensity.nlargest(min(top_k, len(propensity)), "score", keep="first")
     drivers = [[None, None, None]] * len(top)
     if hasattr(python_model, "contributions"):
-        drivers = top_drivers(python_model.contributions(features.loc[top.index]))
+        top_features = features.loc[top.index]
+        drivers = top_drivers(python_model.contributions(top_features), top_features)
+    ranking = rank_categories(frame, tracking_uri)
+    names = load_category_names(warehouse)
+    positions = frame.index.get_indexer(top.index)
+    actions = choose_actions(frame.loc[top.index], ranking.categories[positions, 0])
     targets = pd.DataFrame(
         {
             "user_id": top["user_id"].to_numpy(),
@@ -139,11 +209,18 @@ def score_latest_cutoff(
             "driver_1": [row[0] for row in drivers],
             "driver_2": [row[1] for row in drivers],
             "driver_3": [row[2] for row in drivers],
+            "action": actions["action"].to_numpy(),
+            "action_category_idx": actions["action_category_idx"].to_numpy(),
+            "action_category": [names.get(int(i)) for i in actions["action_category_idx"]],
+            "category_source": ranking.source,
             "model_version": str(version.version),
             "scored_at": scored_at,
         }
     )
-    history_rows, history_cutoffs = write_predictions(warehouse, cutoff_time, propensity, targets)
+    next_categories = category_rows(frame, ranking, names, scored_at)
+    history_rows, history_cutoffs = write_predictions(
+        warehouse, cutoff_time, propensity, targets, next_categories
+    )
     return ScoringSummary(
         cutoff_time=cutoff_time,
         model_version=str(version.version),
@@ -151,6 +228,7 @@ def score_latest_cutoff(
         n_scored=len(propensity),
         n_targets=len(targets),
         mean_score=float(scores.mean()),
+        category_source=ranking.source,
         top_decile_mean_score=float(propensity.loc[propensity["decile"] == 1, "score"].mean()),
         history_rows=history_rows,
         history_cutoffs=history_cutoffs,
@@ -158,12 +236,17 @@ def score_latest_cutoff(
 
 
 def write_predictions(
-    warehouse: Path, cutoff_time: datetime, propensity: pd.DataFrame, targets: pd.DataFrame
+    warehouse: Path,
+    cutoff_time: datetime,
+    propensity: pd.DataFrame,
+    targets: pd.DataFrame,
+    next_categories: pd.DataFrame | None = None,
 ) -> tuple[int, int]:
     """Writes one scoring run in a single transaction: a failure anywhere (a crash, a bad row)
-    leaves all three tables as they were, and a rerun never doubles rows.
+    leaves every table as it was, and a rerun never doubles rows.
 
-    user_propensity and intervention_targets: the cutoff's rows are replaced. served_history:
+    user_propensity, intervention_targets and (when given) next_categories: the cutoff's rows
+    are replaced. served_history:
     the rows of the same (cutoff, model name, model version) are replaced, everything else is
     kept. `propensity` has the user_propensity columns (one model version). The first write to
     a warehouse without the history seeds it from user_propensity (every cutoff's last run).
@@ -200,10 +283,10 @@ def write_predictions(
                     [cutoff_time, name, version],
                 )
             _insert(con, "served_history", history)
-            for table, rows in (
-                ("user_propensity", propensity),
-                ("intervention_targets", targets),
-            ):
+            replaced = [("user_propensity", propensity), ("intervention_targets", targets)]
+            if next_categories is not None:
+                replaced.append(("next_categories", next_categories))
+            for table, rows in replaced:
                 con.execute(f"delete from predictions.{table} where cutoff_time = ?", [cutoff_time])
                 _insert(con, table, rows)
             con.execute("commit")

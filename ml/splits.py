@@ -42,7 +42,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ml.dataset import KEY_COLUMNS, LABEL_COLUMN, SEQUENCE_COLUMNS, LabeledFeatures
+from ml.dataset import (
+    CATEGORY_TARGET_COLUMN,
+    KEY_COLUMNS,
+    LABEL_COLUMN,
+    SEQUENCE_COLUMNS,
+    LabeledFeatures,
+)
 
 SPLIT_NAMES = ("train", "validation", "promotion")
 DEFAULT_VALIDATION_CUTOFFS = 3
@@ -208,7 +214,9 @@ class SplitData:
 
     `sequences_*` hold the SEQUENCE_COLUMNS row for row with X when the features were loaded
     with sequences, else None. `model_input` joins the two: the frame every registered model
-    family's `predict` accepts.
+    family's `predict` accepts. `next_categories_*` hold the next-category target row for row
+    (an array of category indexes per row, see ml.dataset.CATEGORY_TARGET_COLUMN) when it was
+    loaded, else None.
     """
 
     X_train: pd.DataFrame
@@ -223,6 +231,9 @@ class SplitData:
     sequences_train: pd.DataFrame | None = None
     sequences_validation: pd.DataFrame | None = None
     sequences_promotion: pd.DataFrame | None = None
+    next_categories_train: pd.Series | None = None
+    next_categories_validation: pd.Series | None = None
+    next_categories_promotion: pd.Series | None = None
 
     def model_input(self, name: str) -> pd.DataFrame:
         """Features and, when loaded, sequences of split `name` (train, validation, promotion)."""
@@ -262,8 +273,13 @@ def split_by_time(data: LabeledFeatures, split: TimeSplit) -> SplitData:
     columns = list(data.feature_columns)
     has_sequences = all(column in frame.columns for column in SEQUENCE_COLUMNS)
 
+    has_targets = CATEGORY_TARGET_COLUMN in frame.columns
+
     def sequences(rows: pd.DataFrame) -> pd.DataFrame | None:
         return rows[list(SEQUENCE_COLUMNS)] if has_sequences else None
+
+    def next_categories(rows: pd.DataFrame) -> pd.Series | None:
+        return rows[CATEGORY_TARGET_COLUMN] if has_targets else None
 
     return SplitData(
         X_train=train[columns],
@@ -278,6 +294,9 @@ def split_by_time(data: LabeledFeatures, split: TimeSplit) -> SplitData:
         sequences_train=sequences(train),
         sequences_validation=sequences(validation),
         sequences_promotion=sequences(promotion),
+        next_categories_train=next_categories(train),
+        next_categories_validation=next_categories(validation),
+        next_categories_promotion=next_categories(promotion),
     )
 
 
@@ -333,7 +352,8 @@ def save_split_snapshot(labeled: LabeledFeatures, split: TimeSplit, folder: Path
 
 
 def load_split_snapshot(folder: Path, with_sequences: bool = False) -> tuple[SplitData, str]:
-    """The current snapshot's roles as SplitData (sequences only when asked for) and its id.
+    """The current snapshot's roles as SplitData (sequences and the next-category target only
+    when asked for) and its id.
 
     Raises FileNotFoundError with what to materialize when there is no snapshot yet.
     """
@@ -348,7 +368,8 @@ def load_split_snapshot(folder: Path, with_sequences: bool = False) -> tuple[Spl
     columns = None
     if not with_sequences:
         names = pq.read_schema(target / SNAPSHOT_ROWS).names
-        columns = [name for name in names if name not in SEQUENCE_COLUMNS]
+        skipped = (*SEQUENCE_COLUMNS, CATEGORY_TARGET_COLUMN)
+        columns = [name for name in names if name not in skipped]
     frame = pd.read_parquet(target / SNAPSHOT_ROWS, columns=columns)
     split = TimeSplit(
         train_cutoffs=tuple(datetime.fromisoformat(c) for c in roles["train_cutoffs"]),

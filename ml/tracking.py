@@ -274,7 +274,7 @@ def _duration(value: timedelta) -> str:
 
 
 @contextmanager
-def _active_or_new_run(run_name: str) -> Iterator[mlflow.ActiveRun]:
+def active_or_new_run(run_name: str) -> Iterator[mlflow.ActiveRun]:
     """The active run when there is one (the caller ends it), otherwise a new run we end."""
     active = mlflow.active_run()
     if active is not None:
@@ -309,7 +309,7 @@ def log_model_with_evidence(
     """What every family's final run holds, in one place: params, metrics, lineage tags, plots,
     comparison table, model card, the pyfunc model (its artifacts written by `save_artifacts`
     into a temporary folder), its registration, the family tag and the card as description."""
-    with _active_or_new_run(run_name) as run, tempfile.TemporaryDirectory() as tmp:
+    with active_or_new_run(run_name) as run, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         mlflow.log_params(dict(params))
         mlflow.log_params({"calibration_method": evaluation.calibrator.method})

@@ -23,6 +23,7 @@ def defs() -> dg.Definitions:
             *training.STUDY_ASSETS.values(),
             *training.CANDIDATE_MODELS,
             training.champion,
+            training.next_category_model,
             scoring.propensity_scores,
             scoring.served_performance_monitor,
         ],

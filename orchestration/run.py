@@ -18,6 +18,7 @@ from ml import settings
 from ml.data.pseudonyms import pseudonym_mode
 from ml.data.synthetic import SyntheticConfig
 from ml.families import all_families
+from ml.next_category.evaluation import CATEGORY_MODEL_NAME
 from ml.registry import CHAMPION, MODEL_NAME, newest_versions_by_family
 from orchestration.defs.ingest import SyntheticEventsConfig
 from orchestration.defs.jobs import CUTOFF_TAG, full_pipeline_job, in_process_execution
@@ -34,6 +35,7 @@ WAREHOUSE_TABLES = (
     "marts.user_sequences",
     "predictions.user_propensity",
     "predictions.intervention_targets",
+    "predictions.next_categories",
 )
 
 
@@ -114,6 +116,36 @@ def model_summary(instance: dg.DagsterInstance) -> list[str]:
     return lines
 
 
+def next_category_summary(instance: dg.DagsterInstance) -> list[str]:
+    """The next-category model against its baselines (Recall@10, NDCG@10, MRR with intervals),
+    its gate decision, and the actions on the intervention list."""
+    metadata = latest_metadata(instance, "training", "next_category_model")
+    if not metadata:
+        return []
+    lines = [
+        f"  {CATEGORY_MODEL_NAME} v{metadata['model_version']}: "
+        f"{metadata['promotion_rows_with_targets']:,} promotion rows with a category in their "
+        "window (95 % intervals, users resampled)"
+    ]
+    comparison = str(metadata.get("comparison", ""))
+    table = [line for line in comparison.splitlines() if line.startswith("|")]
+    lines += [f"    {line}" for line in table]
+    lines.append(f"    gate: {metadata['decision']}")
+    with duckdb.connect(str(settings.warehouse_path()), read_only=True) as con:
+        actions = con.execute(
+            "select action, count(*) from predictions.intervention_targets "
+            "where cutoff_time = (select max(cutoff_time) from predictions.intervention_targets) "
+            "group by action order by count(*) desc"
+        ).fetchall()
+        source = con.execute(
+            "select any_value(category_source) from predictions.intervention_targets "
+            "where cutoff_time = (select max(cutoff_time) from predictions.intervention_targets)"
+        ).fetchall()[0][0]
+    shown = ", ".join(f"{action} {count}" for action, count in actions)
+    lines.append(f"  intervention list actions: {shown} (categories from {source})")
+    return lines
+
+
 def _with_interval(metrics: dict[str, float], name: str) -> str:
     if name not in metrics:
         return "n/a"
@@ -158,6 +190,7 @@ def main() -> int:
             f"(artifacts in {settings.mlflow_artifacts_dir()})"
         )
         print("\n".join(model_summary(instance)))
+        print("\n".join(next_category_summary(instance)))
     print(f"Optuna storage: {settings.optuna_storage()}")
     print(f"Dagster instance: {home}  (browse all of it with `make ui`)")
     return 0

@@ -17,9 +17,11 @@ from ml.served import (
     served_performance,
 )
 from orchestration.defs.resources import WAREHOUSE_POOL
-from orchestration.defs.training import champion
+from orchestration.defs.training import NEXT_CATEGORY_KEY, champion
 
 SERVED_HISTORY = dg.AssetKey(["predictions", "served_history"])
+NEXT_CATEGORIES = dg.AssetKey(["predictions", "next_categories"])
+CATEGORIES = dg.AssetKey(["marts", "categories"])
 SERVED_PERFORMANCE = dg.AssetKey(["monitoring", "served_performance"])
 LABELS = dg.AssetKey(["marts", "labels"])
 CUTOFFS = dg.AssetKey(["marts", "cutoffs"])
@@ -43,8 +45,22 @@ class ScoringConfig(dg.Config):
         dg.AssetSpec(
             ["predictions", "intervention_targets"],
             group_name="scoring",
-            deps=[champion],
-            description="The top-k users with the three features that raised their score most.",
+            deps=[champion, NEXT_CATEGORY_KEY],
+            description=(
+                "The top-k users with the three features that raised their score most (with "
+                "their values), the action to take (win back a cart, re-engage a lapsing buyer, "
+                "offer in a category) and its category."
+            ),
+        ),
+        dg.AssetSpec(
+            NEXT_CATEGORIES,
+            group_name="scoring",
+            deps=[NEXT_CATEGORY_KEY, CATEGORIES],
+            description=(
+                "Every scored shopper's top 10 categories with the next-category champion's "
+                "probabilities (the most-frequent baseline, without probabilities, until a "
+                "version has earned the champion alias)."
+            ),
         ),
         dg.AssetSpec(
             SERVED_HISTORY,
@@ -84,6 +100,10 @@ def propensity_scores(context: dg.AssetExecutionContext, config: ScoringConfig):
     yield dg.MaterializeResult(
         asset_key=["predictions", "intervention_targets"],
         metadata={**shared, "targets": summary.n_targets},
+    )
+    yield dg.MaterializeResult(
+        asset_key=NEXT_CATEGORIES,
+        metadata={**shared, "category_source": summary.category_source},
     )
     yield dg.MaterializeResult(
         asset_key=SERVED_HISTORY,

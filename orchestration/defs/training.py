@@ -7,6 +7,8 @@
 - <family>_model: the best parameters fitted (or the study's kept best model reused),
   calibrated, compared with the baselines on the promotion window (every figure with a
   user-level interval) and registered in MLflow
+- next_category_model: which categories each shopper will touch (ml.next_category), against
+  four baselines on the promotion window, registered as `next-category` with its own gate
 - champion: every new version, of any family, is compared with the current champion on the
   promotion window, both scored now; it is promoted only when the paired difference's lower
   bound clears the minimum gain.
@@ -40,6 +42,14 @@ from ml.evaluation.final import FinalEvaluation, evaluate_final_model
 from ml.families import all_families
 from ml.families.base import ModelFamily, TrainedModel
 from ml.liveness import this_worker
+from ml.next_category.evaluation import (
+    CATEGORY_MODEL_NAME,
+    evaluate_against_baselines,
+    promote_category_model,
+)
+from ml.next_category.model import DEFAULT_PARAMS as NEXT_CATEGORY_PARAMS
+from ml.next_category.model import predict_category_proba, train_category_model
+from ml.next_category.pyfunc import category_probabilities, log_category_model
 from ml.registry import (
     MODEL_NAME,
     GateConfig,
@@ -70,8 +80,10 @@ SPLIT_MARTS = [
     dg.AssetKey(["marts", "labels"]),
     dg.AssetKey(["marts", "cutoffs"]),
     dg.AssetKey(["marts", "user_sequences"]),
+    dg.AssetKey(["marts", "category_labels"]),
 ]
 TIME_SPLIT_KEY = dg.AssetKey(["training", "time_split"])
+NEXT_CATEGORY_KEY = dg.AssetKey(["training", "next_category_model"])
 
 
 def snapshot_dir() -> Path:
@@ -537,5 +549,98 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig) -> dg.Ma
             "promotion_buyers": int(data.y_promotion.sum()),
             "promotion_users": int(len(set(users))),
             "gate": f"lower bound ({config.confidence:.0%}, one-sided) > {config.min_gain:+.4f}",
+        }
+    )
+
+
+class NextCategoryConfig(dg.Config):
+    """The next-category model's budget (epochs and training rows decide its time, whatever the
+    machine) and its gate: promote when the one-sided `confidence` lower bound of the paired
+    recall@10 gain (over the champion, or the best baseline when there is none) exceeds
+    `min_gain`."""
+
+    max_epochs: int = NEXT_CATEGORY_PARAMS.max_epochs
+    max_train_rows: int = NEXT_CATEGORY_PARAMS.max_train_rows
+    hidden_size: int = NEXT_CATEGORY_PARAMS.hidden_size
+    seed: int = 0
+    min_gain: float = 0.0
+    confidence: float = 0.95
+    n_resamples: int = 1000
+
+
+@dg.asset(
+    key=NEXT_CATEGORY_KEY,
+    pool=TRAINING_POOL,
+    group_name="training",
+    deps=[TIME_SPLIT_KEY],
+    description=(
+        "Which categories each shopper will touch in the horizon: the sequence network with one "
+        "output per category, trained on the train role (early stopping on validation NDCG@10), "
+        "compared on the promotion window with four baselines (Recall@10, NDCG@10, MRR with "
+        "user-level intervals), registered as `next-category` and gated on its paired recall@10 "
+        "gain."
+    ),
+)
+def next_category_model(
+    context: dg.AssetExecutionContext, config: NextCategoryConfig
+) -> dg.MaterializeResult:
+    data, snapshot_id = load_roles()
+    params = dataclasses.replace(
+        NEXT_CATEGORY_PARAMS,
+        max_epochs=config.max_epochs,
+        max_train_rows=config.max_train_rows,
+        hidden_size=config.hidden_size,
+    )
+    trained = train_category_model(data, params, seed=config.seed)
+    context.log.info(
+        f"Trained on {trained.train_rows:,} rows, {trained.n_categories - 1} categories, "
+        f"best epoch {trained.best_epoch} (validation NDCG@10 {trained.best_validation_ndcg:.4f})"
+    )
+    evaluation = evaluate_against_baselines(
+        data,
+        lambda frame: predict_category_proba(trained, frame),
+        n_resamples=config.n_resamples,
+        seed=config.seed,
+        confidence=config.confidence,
+    )
+    context.log.info(evaluation.markdown())
+    start_mlflow()
+    with mlflow.start_run(run_name="next-category-final", tags={WORKER_TAG: this_worker()}) as run:
+        mlflow.set_tag("snapshot_id", snapshot_id)
+        logged = log_category_model(trained, data, evaluation, {"seed": config.seed})
+        decision = promote_category_model(
+            mlflow.MlflowClient(),
+            logged.version,
+            evaluation,
+            data,
+            lambda version, frame: category_probabilities(version, frame),
+            min_gain=config.min_gain,
+            n_resamples=config.n_resamples,
+            seed=config.seed,
+            confidence=config.confidence,
+        )
+        mlflow.set_tag("promotion_decision", decision.reason)
+    context.log.info(f"Next-category v{logged.version}: {decision.reason}")
+    model = evaluation.metrics["model"]
+    best = evaluation.metrics[evaluation.best_baseline]
+    return dg.MaterializeResult(
+        metadata={
+            "model_name": CATEGORY_MODEL_NAME,
+            "model_version": logged.version,
+            "mlflow_run_id": run.info.run_id,
+            "promoted": decision.promoted,
+            "decision": decision.reason,
+            "best_baseline": evaluation.best_baseline,
+            "recall_at_10": model["recall_at_k"].text(4),
+            "ndcg_at_10": model["ndcg_at_k"].text(4),
+            "mrr": model["mrr"].text(4),
+            "best_baseline_recall_at_10": best["recall_at_k"].text(4),
+            "comparison": dg.MetadataValue.md(evaluation.markdown()),
+            "promotion_rows_with_targets": evaluation.n_rows,
+            "n_categories": trained.n_categories - 1,
+            "train_rows_used": trained.train_rows,
+            "train_seconds": round(trained.seconds, 1),
+            "device": trained.device,
+            "snapshot_id": snapshot_id,
         }
     )

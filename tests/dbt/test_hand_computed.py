@@ -215,6 +215,42 @@ def test_labels_match_the_hand_computed_purchases(warehouse: Path) -> None:
     assert ("u3", "2025-09-12") in by_key
 
 
+def test_category_labels_list_the_categories_touched_in_the_label_window(warehouse: Path) -> None:
+    names = dict(query(warehouse, "select category_idx, category_name from marts.categories"))
+    assert sorted(names.values()) == ["bags.backpack", "home.lamp", "shoes.sneakers"]
+    rows = query(
+        warehouse,
+        """
+        select r.user_id, l.cutoff_time::date::varchar, l.horizon_category_indexes,
+            l.horizon_complete
+        from marts.category_labels l
+        join (select distinct s.user_id as pseudo, r.user_id from staging.stg_events s
+              join raw.events r on r.event_time = s.event_time and r.product_id = s.product_id) r
+          on r.pseudo = l.user_id
+        """,
+    )
+    by_key = {
+        (user, day): ([names[i] for i in indexes], complete)
+        for user, day, indexes, complete in rows
+    }
+    # u1 from 09-02: a backpack viewed at 18:00, the sneakers removed at 18:30 (any event type
+    # counts), the backpack bought on 09-05: each category once, in order of first touch.
+    assert by_key[("u1", "2025-09-02")] == (["bags.backpack", "shoes.sneakers"], True)
+    # From 09-03 only the purchase of 09-05 is ahead; from 09-06 nothing is.
+    assert by_key[("u1", "2025-09-03")] == (["bags.backpack"], True)
+    assert by_key[("u1", "2025-09-06")] == ([], False)
+    # u4's lamp events at 23:50 and 23:55 on 09-03 are before the 09-04 cutoff, those at 00:05
+    # and later after it.
+    assert by_key[("u4", "2025-09-04")][0] == ["home.lamp"]
+    assert by_key[("u2", "2025-09-02")] == ([], True)
+    # One row per user_features row, as the labels.
+    (n_labels, n_category_labels) = query(
+        warehouse,
+        "select (select count(*) from marts.labels), (select count(*) from marts.category_labels)",
+    )[0]
+    assert n_labels == n_category_labels
+
+
 def test_sequences_hold_the_last_events_before_the_cutoff(warehouse: Path) -> None:
     (row,) = query(
         warehouse,

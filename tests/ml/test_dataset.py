@@ -37,7 +37,8 @@ def build_small_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
         warehouse = root / "warehouse.duckdb"
         generate_events(root / "landing", SMALL_SHOP)
         ingest_paths(warehouse, [root / "landing"], "synthetic")
-        run_dbt(warehouse, "run", SMALL_DBT_VARS, select="+user_features +labels +user_sequences")
+        marts = "+user_features +labels +user_sequences +category_labels +categories"
+        run_dbt(warehouse, "run", SMALL_DBT_VARS, select=marts)
         _built["small"] = warehouse
     return _built["small"]
 

@@ -31,6 +31,7 @@ FULL_RUN_CONFIG = {
         "landing__synthetic_events": {"config": SMALL_SHOP},
         "training__xgb_study": {"config": {"n_trials": 4}},
         "training__seq_study": {"config": {"n_trials": 2, "max_epochs": 2}},
+        "training__next_category_model": {"config": {"max_epochs": 2, "n_resamples": 200}},
         "propensity_scores": {"config": {"top_k": 25}},
     }
 }
@@ -202,8 +203,32 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
         warehouse,
         "select count(*), count(driver_1) from predictions.intervention_targets",
     )[0]
-    # Drivers: XGBoost's SHAP values or the sequence model's occlusion effects.
+    # Drivers: XGBoost's SHAP values or the sequence model's occlusion effects, with values.
     assert n_targets == 25 and n_with_drivers > 0
+    drivers = query(warehouse, "select driver_1 from predictions.intervention_targets")
+    assert all(" = " in d and "raises the score" in d for (d,) in drivers if d)
+
+    # The next-category model: registered, gated against its baselines on the promotion window;
+    # every target gets an action and its category, every scored shopper a top 10.
+    category = client.get_model_version("next-category", "1").tags
+    assert category["family"] == "torch-seq-category"
+    assert category["promotion_decision"] in ("promoted", "not_promoted")
+    assert category["compared_with"] in ("most_popular", "most_frequent", "most_recent", "markov")
+    promoted = category["promotion_decision"] == "promoted"
+    (n_actions, n_categories, sources) = query(
+        warehouse,
+        "select count(action), count(action_category), list(distinct category_source) "
+        "from predictions.intervention_targets",
+    )[0]
+    assert n_actions == n_categories == 25
+    assert sources == (["next-category v1"] if promoted else ["baseline: most_frequent"])
+    (n_rows, n_users, n_named, n_probabilities) = query(
+        warehouse,
+        "select count(*), count(distinct user_id), count(category_name), count(probability) "
+        "from predictions.next_categories",
+    )[0]
+    assert n_users == len(scored) and n_rows == n_named >= n_users
+    assert n_probabilities == (n_rows if promoted else 0)
 
     # One night: the next day of the same shop lands, and the schedule's job runs on it.
     with dg.instance_for_test(overrides=instance_settings()) as instance:

@@ -91,10 +91,14 @@ class SequencePropensityNet(nn.Module):
     newest event; the Transformer masks padded keys, numbers positions backwards from the newest
     event (so extra padding shifts nothing) and averages over the real events. A row without
     events gets a zero sequence summary and is scored from its static features.
+
+    `n_outputs` logits per row (default one, the purchase logit; the next-category model uses
+    one per category, `ml.next_category`): the output is (batch,) for one, else (batch, n).
     """
 
-    def __init__(self, n_static: int, params: SeqParams) -> None:
+    def __init__(self, n_static: int, params: SeqParams, n_outputs: int = 1) -> None:
         super().__init__()
+        self.n_outputs = n_outputs
         self.encoder_type = params.encoder
         embedding, hidden = params.embedding_dim, params.hidden_size
         self.event_embedding = nn.Embedding(EVENT_TYPE_SLOTS, embedding, padding_idx=0)
@@ -132,7 +136,7 @@ class SequencePropensityNet(nn.Module):
             nn.Linear(2 * hidden, hidden),
             nn.GELU(),
             nn.Dropout(params.dropout),
-            nn.Linear(hidden, 1),
+            nn.Linear(hidden, n_outputs),
         )
 
     def forward(
@@ -143,8 +147,9 @@ class SequencePropensityNet(nn.Module):
         lengths: torch.Tensor,
         static: torch.Tensor,
     ) -> torch.Tensor:
-        """Logits (batch,). event_types, categories: int (batch, T); continuous: float
-        (batch, T, len(CONTINUOUS_FEATURES)); lengths: int (batch,); static: float (batch, n)."""
+        """Logits (batch,), or (batch, n_outputs) when n_outputs > 1. event_types, categories:
+        int (batch, T); continuous: float (batch, T, len(CONTINUOUS_FEATURES)); lengths: int
+        (batch,); static: float (batch, n)."""
         events = torch.cat(
             [
                 self.event_embedding(event_types.long()),
@@ -178,4 +183,5 @@ class SequencePropensityNet(nn.Module):
         # scores) are the same numbers on every device.
         with torch.autocast(device_type=x.device.type, enabled=False):
             fused = torch.cat([summary.float(), self.static(static.float())], dim=-1)
-            return self.head(fused).squeeze(-1)
+            logits = self.head(fused)
+            return logits.squeeze(-1) if self.n_outputs == 1 else logits

@@ -73,7 +73,7 @@ def train_epoch(
     net: SequencePropensityNet,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
-    loss_fn: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     device: torch.device,
     grad_clip: float,
 ) -> float:
@@ -102,7 +102,8 @@ def predict_logits(
     batch_size: int,
     device: torch.device | None = None,
 ) -> np.ndarray:
-    """Logits (float64) for every row of `tensors`, in order, in eval mode.
+    """Logits (float64) for every row of `tensors`, in order, in eval mode: (rows,), or
+    (rows, n_outputs) for a network with several outputs.
 
     Rows go through the network shortest sequence first, so that each batch is cut to a width
     close to its own rows' lengths (padding is masked, so the order changes no logit)."""
@@ -118,7 +119,7 @@ def predict_logits(
             outputs.append(net(*to_device(batch, device)).float())
     if not outputs:
         return np.empty(0, dtype=np.float64)
-    logits = torch.empty(len(tensors), dtype=torch.float64)
+    logits = torch.empty((len(tensors), *outputs[0].shape[1:]), dtype=torch.float64)
     logits[by_length] = torch.cat(outputs).cpu().double()
     return logits.numpy()
 
