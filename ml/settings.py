@@ -60,3 +60,9 @@ def training_dir() -> Path:
     """Intermediate training data such as the resampled training split (PROPENSITY_TRAINING_DIR,
     default `.local/training/`)."""
     return _path_from_env("PROPENSITY_TRAINING_DIR", local_dir() / "training")
+
+
+def encoder_path() -> Path:
+    """The pretrained behaviour encoder that purchase-model trials fine-tune (one file,
+    replaced by each pretraining run; `ml.families.torch_seq.pretrain`)."""
+    return training_dir() / "behaviour_encoder.pt"

@@ -210,7 +210,8 @@ def _too_few_cutoffs_message(
 @dataclass(frozen=True)
 class SplitData:
     """Model inputs per role. X frames hold exactly `feature_columns`; y arrays are int 0/1;
-    keys_* hold user_id and cutoff_time row for row (the user is the bootstrap's unit).
+    keys_* hold user_id and cutoff_time row for row (the user is the bootstrap's unit; the
+    tuning roles' keys are None in hand-built splits).
 
     `sequences_*` hold the SEQUENCE_COLUMNS row for row with X when the features were loaded
     with sequences, else None. `model_input` joins the two: the frame every registered model
@@ -234,6 +235,8 @@ class SplitData:
     next_categories_train: pd.Series | None = None
     next_categories_validation: pd.Series | None = None
     next_categories_promotion: pd.Series | None = None
+    keys_train: pd.DataFrame | None = None
+    keys_validation: pd.DataFrame | None = None
 
     def model_input(self, name: str) -> pd.DataFrame:
         """Features and, when loaded, sequences of split `name` (train, validation, promotion)."""
@@ -297,6 +300,8 @@ def split_by_time(data: LabeledFeatures, split: TimeSplit) -> SplitData:
         next_categories_train=next_categories(train),
         next_categories_validation=next_categories(validation),
         next_categories_promotion=next_categories(promotion),
+        keys_train=train[list(KEY_COLUMNS)],
+        keys_validation=validation[list(KEY_COLUMNS)],
     )
 
 

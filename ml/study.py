@@ -358,10 +358,14 @@ def tune(
         ),
         log=log,
     )
+    new_study = not study.trials
     log(
         f"Study {study_name!r}: {len(study.trials)} earlier trials; running {budget.n_trials} "
         f"more (deadline {budget.timeout_s:g}s) on {device}"
     )
+    if new_study:
+        for params in family.first_trials(search):
+            study.enqueue_trial(params, skip_if_exists=True)
 
     def objective(trial: optuna.Trial, deadline: Deadline) -> float:
         trial.set_user_attr(WORKER_ATTR, this_worker())

@@ -20,6 +20,7 @@ def defs() -> dg.Definitions:
             ingest.raw_events,
             features.warehouse_dbt_models,
             training.time_split,
+            training.behaviour_encoder,
             *training.STUDY_ASSETS.values(),
             *training.CANDIDATE_MODELS,
             training.champion,

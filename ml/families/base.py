@@ -56,6 +56,8 @@ class ModelFamily(ABC):
     study_name: the default Optuna study.
     step_name: what one training step is called in logs ("round", "epoch").
     uses_sequences: whether its input includes the event sequences.
+    uses_pretrained_encoder: whether its study may fine-tune the pretrained behaviour encoder
+    (its study then runs after `training/behaviour_encoder`).
     search_settings: the type of its search settings, a dataclass whose fields have defaults
     (these defaults are the demo budget; the Dagster Launchpad can change each field).
     default_n_trials: how many trials a study asset runs unless told otherwise.
@@ -69,6 +71,7 @@ class ModelFamily(ABC):
     study_name: str
     step_name: str
     uses_sequences: bool
+    uses_pretrained_encoder: bool = False
     search_settings: type
     default_n_trials: int
     pruner_startup_trials: int
@@ -124,6 +127,11 @@ class ModelFamily(ABC):
     @abstractmethod
     def load(self, folder: Path) -> Any:
         """Reads back what `save` wrote."""
+
+    def first_trials(self, settings: Any) -> list[dict[str, Any]]:
+        """Parameters a new study tries first (Optuna's enqueue_trial; unnamed ones are
+        sampled): none by default."""
+        return []
 
     def describe_trial(self, trial: optuna.trial.FrozenTrial) -> str:
         """A few words naming what a trial tried, for the study's log."""

@@ -15,7 +15,6 @@ first seen later gets no score until the next fit.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -34,6 +33,7 @@ from ml.families.torch_seq.train import (
     predict_logits,
     torch_device,
     train_epoch,
+    train_with_early_stopping,
 )
 from ml.next_category.baselines import n_categories_of
 from ml.splits import SplitData
@@ -235,23 +235,17 @@ def train_category_model(
         net.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
     )
     loader = make_loader(train, params.batch_size, device, shuffle_seed=seed)
-    best_epoch, best_value, best_state = -1, -math.inf, None
-    history: list[dict[str, float]] = []
-    for epoch in range(params.max_epochs):
-        train_loss = train_epoch(net, loader, optimizer, loss_fn, device, params.grad_clip)
-        logits = predict_logits(net, validation, max(params.batch_size, 1024), device)
-        value = _ndcg(logits, validation_targets)
-        history.append({"epoch": epoch, "train_loss": train_loss, "validation_ndcg_at_10": value})
-        if value > best_value:
-            best_epoch, best_value = epoch, value
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-        if on_epoch is not None:
-            on_epoch(epoch, value)
-        if epoch - best_epoch >= params.patience:
-            break
-    assert best_state is not None  # max_epochs >= 1
-    net.load_state_dict(best_state)
-    net.eval()
+    best_epoch, best_value, history = train_with_early_stopping(
+        net,
+        lambda: train_epoch(net, loader, optimizer, loss_fn, device, params.grad_clip),
+        lambda: _ndcg(
+            predict_logits(net, validation, max(params.batch_size, 1024), device),
+            validation_targets,
+        ),
+        "validation_ndcg_at_10",
+        params,
+        on_epoch,
+    )
     return TrainedCategoryModel(
         net=net,
         scaler=scaler,

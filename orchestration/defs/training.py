@@ -3,6 +3,8 @@
 
 - time_split: the rows of each role's cutoffs (ml.splits), frozen once per run, so every asset
   downstream sees the same windows and none of them holds the warehouse's lock
+- behaviour_encoder: the sequence family's event encoder pretrained on next-event prediction
+  over the tuning roles' sequences (no labels), registered as `behaviour-encoder`
 - <family>_study: Optuna tunes the family on the tuning role (train + validation cutoffs)
 - <family>_model: the best parameters fitted (or the study's kept best model reused),
   calibrated, compared with the baselines on the promotion window (every figure with a
@@ -41,6 +43,9 @@ from ml.evaluation import (
 from ml.evaluation.final import FinalEvaluation, evaluate_final_model
 from ml.families import all_families
 from ml.families.base import ModelFamily, TrainedModel
+from ml.families.torch_seq.encoder import save_encoder
+from ml.families.torch_seq.pretrain import PretrainParams, encoder_summary, pretrain_encoder
+from ml.families.torch_seq.pyfunc import ENCODER_MODEL_NAME, log_encoder
 from ml.liveness import this_worker
 from ml.next_category.evaluation import (
     CATEGORY_MODEL_NAME,
@@ -83,7 +88,9 @@ SPLIT_MARTS = [
     dg.AssetKey(["marts", "category_labels"]),
 ]
 TIME_SPLIT_KEY = dg.AssetKey(["training", "time_split"])
+ENCODER_PARAMS = PretrainParams()
 NEXT_CATEGORY_KEY = dg.AssetKey(["training", "next_category_model"])
+ENCODER_KEY = dg.AssetKey(["training", "behaviour_encoder"])
 
 
 def snapshot_dir() -> Path:
@@ -201,7 +208,7 @@ def build_study_asset(family: ModelFamily) -> dg.AssetsDefinition:
         key=["training", f"{family.asset_prefix}_study"],
         pool=TRAINING_POOL,
         group_name="training",
-        deps=[TIME_SPLIT_KEY],
+        deps=[TIME_SPLIT_KEY, *([ENCODER_KEY] if family.uses_pretrained_encoder else [])],
         description=(
             f"Optuna study over the {family.name} family on the tuning role (validation "
             f"PR-AUC, pruned {family.step_name} by {family.step_name})."
@@ -641,6 +648,83 @@ def next_category_model(
             "train_rows_used": trained.train_rows,
             "train_seconds": round(trained.seconds, 1),
             "device": trained.device,
+            "snapshot_id": snapshot_id,
+        }
+    )
+
+
+class BehaviourEncoderConfig(dg.Config):
+    """Pretraining's budget (epochs over at most max_rows sequences: the count decides its
+    time, not the machine) and the encoder's size, which pretrained trials of the sequence
+    study take."""
+
+    max_epochs: int = ENCODER_PARAMS.max_epochs
+    max_rows: int = ENCODER_PARAMS.max_rows
+    hidden_size: int = ENCODER_PARAMS.hidden_size
+    embedding_dim: int = ENCODER_PARAMS.embedding_dim
+    seed: int = 0
+
+
+@dg.asset(
+    key=ENCODER_KEY,
+    pool=TRAINING_POOL,
+    group_name="training",
+    deps=[TIME_SPLIT_KEY],
+    description=(
+        "The sequence family's event encoder pretrained on next-event prediction (next type and "
+        "next category after each event, causal) over the tuning roles' sequences: no label, "
+        "no event at or after the last validation cutoff. Registered as `behaviour-encoder` "
+        "with its curves; the sequence study's pretrained trials fine-tune it."
+    ),
+)
+def behaviour_encoder(
+    context: dg.AssetExecutionContext, config: BehaviourEncoderConfig
+) -> dg.MaterializeResult:
+    data, snapshot_id = load_roles()
+    params = dataclasses.replace(
+        ENCODER_PARAMS,
+        max_epochs=config.max_epochs,
+        max_rows=config.max_rows,
+        hidden_size=config.hidden_size,
+        embedding_dim=config.embedding_dim,
+        seed=config.seed,
+    )
+    encoder = pretrain_encoder(data, params)
+    last = encoder.history[-1]
+    context.log.info(
+        f"Pretrained on {encoder.train_rows:,} sequences in {encoder.seconds:.0f}s: held-out "
+        f"next-type accuracy {last['held_out_next_type_accuracy']:.3f}, next category in the "
+        f"top 10 {last['held_out_next_category_top10']:.3f}"
+    )
+    start_mlflow()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        mlflow.start_run(
+            run_name="behaviour-encoder-pretraining", tags={WORKER_TAG: this_worker()}
+        ) as run,
+    ):
+        staged = Path(tmp) / "behaviour_encoder.pt"
+        save_encoder(encoder, staged, {"snapshot_id": snapshot_id})
+        version = log_encoder(
+            staged,
+            encoder_summary(encoder),
+            encoder.history,
+            data.model_input("train").head(50),
+            {"snapshot_id": snapshot_id},
+        )
+        origin = {"snapshot_id": snapshot_id, "version": version, "run_id": run.info.run_id}
+        save_encoder(encoder, settings.encoder_path(), origin)
+    return dg.MaterializeResult(
+        metadata={
+            "model_name": ENCODER_MODEL_NAME,
+            "model_version": version,
+            "mlflow_run_id": run.info.run_id,
+            "path": dg.MetadataValue.path(str(settings.encoder_path())),
+            "curves": dg.MetadataValue.json(encoder.history),
+            "pretrain_rows": encoder.train_rows,
+            "held_out_rows": encoder.held_out_rows,
+            "seconds": round(encoder.seconds, 1),
+            "device": encoder.device,
             "snapshot_id": snapshot_id,
         }
     )

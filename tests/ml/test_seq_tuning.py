@@ -72,6 +72,7 @@ class Tiny:
             max_layers=2,
             batch_sizes=[64, 128],
             max_lengths=[10, 20],
+            pretrained_choices=[False],  # no encoder here: tests/ml/test_pretrain.py has one
         )
     )
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import dagster as dg
 import mlflow
+import optuna
 import pytest
 
 from ml.data.pseudonyms import DEVELOPMENT_VARIABLE, SALT_VARIABLE
 from ml.settings import DBT_PROJECT_DIR
+from ml.study import optuna_storage
 from orchestration.defs.jobs import CUTOFF_TAG, full_pipeline_job, multiprocess_execution
 from orchestration.defs.resources import WAREHOUSE_POOL
 from orchestration.instance import instance_settings
@@ -31,6 +33,7 @@ FULL_RUN_CONFIG = {
         "landing__synthetic_events": {"config": SMALL_SHOP},
         "training__xgb_study": {"config": {"n_trials": 4}},
         "training__seq_study": {"config": {"n_trials": 2, "max_epochs": 2}},
+        "training__behaviour_encoder": {"config": {"max_epochs": 2, "max_rows": 3000}},
         "training__next_category_model": {"config": {"max_epochs": 2, "n_resamples": 200}},
         "propensity_scores": {"config": {"top_k": 25}},
     }
@@ -152,6 +155,15 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
         assert model["promotion_positives"] > 0
         seq_study = metadata_of("training", "seq_study")
         assert seq_study["trials_this_run"] == 2 and seq_study["device"] == "cpu"
+        # The encoder pretrained first; the new study's two trials: one fine-tunes it, one not.
+        encoder = metadata_of("training", "behaviour_encoder")
+        assert encoder["model_name"] == "behaviour-encoder" and encoder["pretrain_rows"] > 0
+        study = optuna.load_study(
+            study_name="purchase-propensity-torch-seq",
+            storage=optuna_storage(seq_study["optuna_storage"]),
+        )
+        started = [t.user_attrs["params"]["pretrained"] for t in study.trials]
+        assert sorted(started) == [False, True]
         seq = metadata_of("training", "seq_model")
         assert 0 < seq["promotion_pr_auc"] <= 1
         assert "logistic_regression" in seq["comparison"]

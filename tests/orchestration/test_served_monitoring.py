@@ -37,6 +37,8 @@ OPS = {
     "warehouse_dbt_models": {"config": {"horizon": "1 day", "lookback": "7 days"}},
     "training__xgb_study": {"config": {"n_trials": 1}},
     "training__seq_study": {"config": {"n_trials": 1, "max_epochs": 1}},
+    "training__behaviour_encoder": {"config": {"max_epochs": 1, "max_rows": 2000}},
+    "training__next_category_model": {"config": {"max_epochs": 1, "n_resamples": RESAMPLES}},
     "training__xgb_model": {"config": {"n_resamples": RESAMPLES}},
     "training__seq_model": {"config": {"n_resamples": RESAMPLES}},
     "training__champion": {"config": {"n_resamples": RESAMPLES}},

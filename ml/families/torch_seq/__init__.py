@@ -32,6 +32,7 @@ class TorchSeqFamily(ModelFamily):
     study_name = "purchase-propensity-torch-seq"
     step_name = "epoch"
     uses_sequences = True
+    uses_pretrained_encoder = True
     search_settings = search.SeqSearch
     default_n_trials = 3
     pruner_startup_trials = 3
@@ -62,6 +63,8 @@ class TorchSeqFamily(ModelFamily):
             "epochs_trained": trained.epochs_trained,
             "train_seconds": round(trained.seconds, 3),
             "trained_on": trained.device,
+            "pretrained": trained.params.pretrained,
+            **{f"encoder_{key}": value for key, value in trained.encoder_origin.items()},
         }
         return TrainedModel(trained, trained.best_validation_pr_auc, trained.best_epoch, summary)
 
@@ -84,8 +87,13 @@ class TorchSeqFamily(ModelFamily):
     def load(self, folder: Path) -> train.TrainedSequenceModel:
         return pyfunc.load_trained(folder / pyfunc.STATE_DICT_FILE, folder / pyfunc.CONFIG_FILE)
 
+    def first_trials(self, settings: search.SeqSearch) -> list[dict[str, Any]]:
+        return search.first_trials(settings)
+
     def describe_trial(self, trial: optuna.trial.FrozenTrial) -> str:
-        return f"{trial.params.get('encoder')} h{trial.params.get('hidden_size')}"
+        params = trial.user_attrs.get(PARAMS_ATTR) or trial.params
+        start = "pretrained" if params.get("pretrained") else "from scratch"
+        return f"{params.get('encoder')} h{params.get('hidden_size')} {start}"
 
     def params_of(self, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         attrs = trial.user_attrs

@@ -36,6 +36,9 @@ class SeqParams:
     max_train_rows: 0 trains on every training row; more caps the rows per epoch by keeping
     every buyer and a seeded random share of the other rows (a speed knob for the CPU; the
     positive weight is computed on the rows kept).
+    pretrained: start the event encoder from the behaviour encoder pretrained on next-event
+    prediction (`pretrain.py`) instead of random weights; the architecture must be the
+    encoder's (a GRU of its size).
     """
 
     encoder: str = "gru"
@@ -54,6 +57,7 @@ class SeqParams:
     target_ratio: float = 0.5
     grad_clip: float = 1.0
     max_train_rows: int = 0
+    pretrained: bool = False
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -70,6 +74,8 @@ class SeqParams:
             raise ValueError(
                 f"max_train_rows must be 0 (all) or positive, got {self.max_train_rows}"
             )
+        if self.pretrained and self.encoder != "gru":
+            raise ValueError("A pretrained encoder is a GRU: pretrained needs encoder='gru'")
         if not 0 < self.target_ratio <= 1:
             raise ValueError(f"target_ratio must be in (0, 1], got {self.target_ratio}")
 
@@ -139,6 +145,29 @@ class SequencePropensityNet(nn.Module):
             nn.Linear(hidden, n_outputs),
         )
 
+    def event_inputs(
+        self, event_types: torch.Tensor, categories: torch.Tensor, continuous: torch.Tensor
+    ) -> torch.Tensor:
+        """(batch, T, hidden): each event's embeddings and continuous inputs, projected."""
+        events = torch.cat(
+            [
+                self.event_embedding(event_types.long()),
+                self.category_embedding(categories.long()),
+                self.continuous(continuous),
+            ],
+            dim=-1,
+        )
+        return self.event_input(events)
+
+    def gru_states(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, T, hidden) float32: the GRU's state after each event (causal: the state at t
+        has read events 0..t only). Outside autocast, in float32: on CUDA autocast runs a cuDNN
+        GRU in float16 whatever dtype it was asked for, and nothing here scales gradients for
+        float16."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            output, _ = self.encoder(x.float())
+        return output
+
     def forward(
         self,
         event_types: torch.Tensor,
@@ -150,24 +179,13 @@ class SequencePropensityNet(nn.Module):
         """Logits (batch,), or (batch, n_outputs) when n_outputs > 1. event_types, categories:
         int (batch, T); continuous: float (batch, T, len(CONTINUOUS_FEATURES)); lengths: int
         (batch,); static: float (batch, n)."""
-        events = torch.cat(
-            [
-                self.event_embedding(event_types.long()),
-                self.category_embedding(categories.long()),
-                self.continuous(continuous),
-            ],
-            dim=-1,
-        )
-        x = self.event_input(events)
+        x = self.event_inputs(event_types, categories, continuous)
         lengths = lengths.long()
         has_events = (lengths > 0).unsqueeze(1)
         steps = torch.arange(x.shape[1], device=x.device)
         mask = steps.unsqueeze(0) < lengths.unsqueeze(1)
         if self.encoder_type == "gru":
-            # Outside autocast, in float32: on CUDA autocast runs a cuDNN GRU in float16 whatever
-            # dtype it was asked for, and nothing here scales gradients for float16.
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                output, _ = self.encoder(x.float())
+            output = self.gru_states(x)
             last = (lengths - 1).clamp(min=0)
             summary = output[torch.arange(output.shape[0], device=x.device), last]
         else:

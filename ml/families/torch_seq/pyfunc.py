@@ -31,7 +31,7 @@ from ml.dataset import SEQUENCE_COLUMNS
 from ml.evaluation.calibration import calibrate
 from ml.evaluation.final import FinalEvaluation
 from ml.families.torch_seq.explain import feature_contributions
-from ml.families.torch_seq.inputs import FeatureScaler
+from ml.families.torch_seq.inputs import FeatureScaler, build_tensors
 from ml.families.torch_seq.net import SeqParams, SequencePropensityNet
 from ml.families.torch_seq.train import TrainedSequenceModel, predict_proba
 from ml.registry import MODEL_NAME
@@ -211,3 +211,110 @@ def sequence_signature(model_input: pd.DataFrame, probabilities: np.ndarray) -> 
     assert [spec.name for spec in sequence_specs] == list(SEQUENCE_COLUMNS)
     inputs = Schema([*signature.inputs.inputs, *sequence_specs])
     return ModelSignature(inputs=inputs, outputs=signature.outputs)
+
+
+ENCODER_MODEL_NAME = "behaviour-encoder"
+ENCODER_ARTIFACT = "encoder"
+
+
+class BehaviourEncoderModel(mlflow.pyfunc.PythonModel):
+    """The pretrained event encoder as a model of its own: `predict` gives each row's shopper
+    embedding (the GRU's state after the newest event; zeros without events), columns
+    embedding_0.. . Input: the SEQUENCE_COLUMNS (other columns are ignored)."""
+
+    family = "torch-seq-encoder"
+
+    def __init__(self, batch_size: int = 2048) -> None:
+        self.batch_size = batch_size
+        self.net: SequencePropensityNet | None = None
+        self.params: SeqParams | None = None
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        saved = torch.load(
+            context.artifacts[ENCODER_ARTIFACT], map_location="cpu", weights_only=True
+        )
+        self.params = SeqParams(encoder="gru", **saved["architecture"])
+        self.net = SequencePropensityNet(1, self.params)
+        self.net.load_state_dict(saved["state"], strict=False)
+        self.net.eval()
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext | None,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        if self.net is None or self.params is None:
+            raise RuntimeError("No encoder loaded: load the model with mlflow.pyfunc.load_model")
+        empty = pd.DataFrame(index=range(len(model_input)))
+        tensors = build_tensors(
+            FeatureScaler.fit(empty),
+            self.params,
+            empty,
+            model_input[list(SEQUENCE_COLUMNS)].reset_index(drop=True),
+        )
+        parts = []
+        for start in range(0, len(tensors), self.batch_size):
+            stop = start + self.batch_size
+            lengths = tensors.lengths[start:stop]
+            states = self.net.gru_states(
+                self.net.event_inputs(
+                    tensors.event_types[start:stop],
+                    tensors.categories[start:stop],
+                    tensors.continuous[start:stop],
+                )
+            )
+            last = states[torch.arange(len(lengths)), (lengths - 1).clamp(min=0)]
+            parts.append((last * (lengths > 0).unsqueeze(1)).numpy())
+        embeddings = np.concatenate(parts) if parts else np.zeros((0, self.params.hidden_size))
+        return pd.DataFrame(
+            embeddings, columns=[f"embedding_{i}" for i in range(embeddings.shape[1])]
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "net": None}
+
+
+def log_encoder(
+    encoder_file: Path,
+    summary: Mapping[str, Any],
+    history: Sequence[Mapping[str, float]],
+    sample: pd.DataFrame,
+    tags: Mapping[str, str],
+) -> str:
+    """Logs the pretraining run (its settings, the curves per epoch) into the active run and
+    registers the encoder as a new version of `behaviour-encoder`; returns the version."""
+    mlflow.log_params(dict(summary))
+    for entry in history:
+        step = int(entry["epoch"])
+        for name, value in entry.items():
+            if name != "epoch":
+                mlflow.log_metric(name, value, step=step)
+    mlflow.set_tags({**tags, "family": BehaviourEncoderModel.family})
+    python_model = BehaviourEncoderModel()
+    loader = mlflow.pyfunc.PythonModelContext(
+        artifacts={ENCODER_ARTIFACT: str(encoder_file)}, model_config={}
+    )
+    python_model.load_context(loader)
+    example = sample[list(SEQUENCE_COLUMNS)].head(5)
+    signature = ModelSignature(
+        inputs=sequence_signature(example, np.zeros(len(example))).inputs,
+        outputs=Schema(
+            [ColSpec(DataType.double, name) for name in python_model.predict(None, example).columns]
+        ),
+    )
+    info = mlflow.pyfunc.log_model(
+        name="encoder",
+        python_model=BehaviourEncoderModel(),
+        artifacts={ENCODER_ARTIFACT: str(encoder_file)},
+        signature=signature,
+        input_example=example,
+        registered_model_name=ENCODER_MODEL_NAME,
+        pip_requirements=pinned((*MODEL_REQUIREMENTS, "torch")),
+    )
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_model_version_tag(
+        ENCODER_MODEL_NAME, version, "family", BehaviourEncoderModel.family
+    )
+    return version

@@ -19,7 +19,8 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,9 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ml import settings
 from ml.dataset import SEQUENCE_COLUMNS
+from ml.families.torch_seq.encoder import load_encoder_into
 from ml.families.torch_seq.inputs import (
     FeatureScaler,
     SequenceTensors,
@@ -146,10 +149,45 @@ class TrainedSequenceModel:
     seconds: float
     positive_weight: float
     train_rows: int = 0
+    # Where the pretrained encoder it started from came from (snapshot, MLflow version); empty
+    # when it trained from scratch.
+    encoder_origin: dict[str, str] = field(default_factory=dict)
 
     @property
     def epochs_trained(self) -> int:
         return len(self.history)
+
+
+def train_with_early_stopping(
+    net: nn.Module,
+    run_epoch: Callable[[], float],
+    validate: Callable[[], float],
+    metric: str,
+    params: SeqParams,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> tuple[int, float, list[dict[str, float]]]:
+    """Epochs of `run_epoch` (returns the training loss) until `validate` (higher is better)
+    has not improved for `params.patience` epochs or `params.max_epochs` ran; leaves `net`
+    with the best epoch's weights, in eval mode. Returns the best epoch, its value and one
+    history entry per epoch ({"epoch", "train_loss", metric}). `on_epoch(epoch, value)` may
+    raise (Optuna's pruning), which propagates."""
+    best_epoch, best_value, best_state = -1, -math.inf, None
+    history: list[dict[str, float]] = []
+    for epoch in range(params.max_epochs):
+        train_loss = run_epoch()
+        value = validate()
+        history.append({"epoch": epoch, "train_loss": train_loss, metric: value})
+        if value > best_value:
+            best_epoch, best_value = epoch, value
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(epoch, value)
+        if epoch - best_epoch >= params.patience:
+            break
+    assert best_state is not None  # max_epochs >= 1
+    net.load_state_dict(best_state)
+    net.eval()
+    return best_epoch, best_value, history
 
 
 def positive_weight(y_train: np.ndarray, target_ratio: float) -> float:
@@ -181,8 +219,12 @@ def train_sequence_model(
     seed: int = 0,
     device: torch.device | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    encoder: Path | None = None,
 ) -> TrainedSequenceModel:
     """Trains on the train split with early stopping on validation PR-AUC.
+
+    With `params.pretrained` the event encoder starts from the pretrained behaviour encoder
+    (the file `encoder`, default `ml.settings.encoder_path()`), the rest from random weights.
 
     Keeps the weights of the best epoch. `on_epoch(epoch, validation_pr_auc)` is called after
     every epoch (epochs count from 0); Optuna's pruning raises optuna.TrialPruned from it, which
@@ -204,7 +246,11 @@ def train_sequence_model(
     scaler = FeatureScaler.fit(X_train)
     train = build_tensors(scaler, params, X_train, data.sequences_train.iloc[rows], y_train)
     validation = build_tensors(scaler, params, data.X_validation, data.sequences_validation)
-    net = SequencePropensityNet(scaler.n_outputs, params).to(device)
+    net = SequencePropensityNet(scaler.n_outputs, params)
+    encoder_origin: dict[str, str] = {}
+    if params.pretrained:
+        encoder_origin = load_encoder_into(net, params, encoder or settings.encoder_path())
+    net = net.to(device)
     weight = positive_weight(y_train, params.target_ratio)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight, device=device))
     optimizer = torch.optim.AdamW(
@@ -212,23 +258,17 @@ def train_sequence_model(
     )
     loader = make_loader(train, params.batch_size, device, shuffle_seed=seed)
 
-    best_epoch, best_value, best_state = -1, -math.inf, None
-    history: list[dict[str, float]] = []
-    for epoch in range(params.max_epochs):
-        train_loss = train_epoch(net, loader, optimizer, loss_fn, device, params.grad_clip)
-        scores = predict_logits(net, validation, max(params.batch_size, 1024), device)
-        value = _pr_auc(data.y_validation, scores)
-        history.append({"epoch": epoch, "train_loss": train_loss, "validation_pr_auc": value})
-        if value > best_value:
-            best_epoch, best_value = epoch, value
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-        if on_epoch is not None:
-            on_epoch(epoch, value)
-        if epoch - best_epoch >= params.patience:
-            break
-    assert best_state is not None  # max_epochs >= 1
-    net.load_state_dict(best_state)
-    net.eval()
+    best_epoch, best_value, history = train_with_early_stopping(
+        net,
+        lambda: train_epoch(net, loader, optimizer, loss_fn, device, params.grad_clip),
+        lambda: _pr_auc(
+            data.y_validation,
+            predict_logits(net, validation, max(params.batch_size, 1024), device),
+        ),
+        "validation_pr_auc",
+        params,
+        on_epoch,
+    )
     return TrainedSequenceModel(
         net=net,
         scaler=scaler,
@@ -241,6 +281,7 @@ def train_sequence_model(
         seconds=time.perf_counter() - started,
         positive_weight=weight,
         train_rows=len(rows),
+        encoder_origin=encoder_origin,
     )
 
 
