@@ -60,6 +60,9 @@ _PREDICTIONS_DDL = (
     alter table predictions.intervention_targets add column if not exists category_source varchar
     """,
     """
+    alter table predictions.intervention_targets add column if not exists event_reasons varchar
+    """,
+    """
     create table if not exists predictions.next_categories (
         user_id bigint not null, cutoff_time timestamp not null, rank integer not null,
         category_idx integer not null, category_name varchar, probability double,
@@ -198,6 +201,9 @@ def score_latest_cutoff(
         drivers = top_drivers(python_model.contributions(top_features), top_features)
     ranking = rank_categories(frame, tracking_uri)
     names = load_category_names(warehouse)
+    event_reasons = [None] * len(top)
+    if hasattr(python_model, "event_reasons"):
+        event_reasons = python_model.event_reasons(frame.loc[top.index], names)
     positions = frame.index.get_indexer(top.index)
     actions = choose_actions(frame.loc[top.index], ranking.categories[positions, 0])
     targets = pd.DataFrame(
@@ -213,6 +219,7 @@ def score_latest_cutoff(
             "action_category_idx": actions["action_category_idx"].to_numpy(),
             "action_category": [names.get(int(i)) for i in actions["action_category_idx"]],
             "category_source": ranking.source,
+            "event_reasons": event_reasons,
             "model_version": str(version.version),
             "scored_at": scored_at,
         }

@@ -219,6 +219,12 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
     assert n_targets == 25 and n_with_drivers > 0
     drivers = query(warehouse, "select driver_1 from predictions.intervention_targets")
     assert all(" = " in d and "raises the score" in d for (d,) in drivers if d)
+    # Past events as reasons: the sequence model's integrated gradients, when it is champion.
+    (n_reasons,) = query(
+        warehouse, "select count(event_reasons) from predictions.intervention_targets"
+    )[0]
+    champion_family = client.get_model_version("purchase-propensity", winner).tags["family"]
+    assert n_reasons == (25 if champion_family == "torch-seq" else 0)
 
     # The next-category model: registered, gated against its baselines on the promotion window;
     # every target gets an action and its category, every scored shopper a top 10.

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ml.evaluation.final import FinalEvaluation
 from ml.families.base import PARAMS_ATTR, ModelFamily, StepCallback, TrainedModel
-from ml.families.torch_seq import pyfunc, search, train
+from ml.families.torch_seq import explain, pyfunc, search, train
 from ml.families.torch_seq.net import SeqParams
 from ml.splits import SplitData
 
@@ -70,6 +70,22 @@ class TorchSeqFamily(ModelFamily):
 
     def predict(self, trained: train.TrainedSequenceModel, model_input: pd.DataFrame) -> np.ndarray:
         return train.predict_proba(trained, model_input)
+
+    def explain(
+        self, trained: train.TrainedSequenceModel, data: SplitData, folder: Path
+    ) -> list[Path]:
+        """A heatmap of what each past event did to the score, for the promotion window's
+        HEATMAP_ROWS highest-scored shoppers (integrated gradients)."""
+        frame = data.model_input("promotion")
+        scores = train.predict_proba(trained, frame)
+        rows = frame.iloc[np.argsort(-scores, kind="stable")[: explain.HEATMAP_ROWS]]
+        return [
+            explain.save_attribution_heatmap(
+                explain.event_attributions(trained, rows),
+                rows,
+                folder / "event_attributions.png",
+            )
+        ]
 
     def log(
         self,

@@ -179,7 +179,15 @@ class SequencePropensityNet(nn.Module):
         """Logits (batch,), or (batch, n_outputs) when n_outputs > 1. event_types, categories:
         int (batch, T); continuous: float (batch, T, len(CONTINUOUS_FEATURES)); lengths: int
         (batch,); static: float (batch, n)."""
-        x = self.event_inputs(event_types, categories, continuous)
+        return self.score_events(
+            self.event_inputs(event_types, categories, continuous), lengths, static
+        )
+
+    def score_events(
+        self, x: torch.Tensor, lengths: torch.Tensor, static: torch.Tensor
+    ) -> torch.Tensor:
+        """`forward` from the projected events x = `event_inputs(...)` (batch, T, hidden): what
+        integrated gradients differentiate (`explain.event_attributions`)."""
         lengths = lengths.long()
         has_events = (lengths > 0).unsqueeze(1)
         steps = torch.arange(x.shape[1], device=x.device)

@@ -30,7 +30,11 @@ from mlflow.types.schema import Array
 from ml.dataset import SEQUENCE_COLUMNS
 from ml.evaluation.calibration import calibrate
 from ml.evaluation.final import FinalEvaluation
-from ml.families.torch_seq.explain import feature_contributions
+from ml.families.torch_seq.explain import (
+    describe_events,
+    event_attributions,
+    feature_contributions,
+)
 from ml.families.torch_seq.inputs import FeatureScaler, build_tensors
 from ml.families.torch_seq.net import SeqParams, SequencePropensityNet
 from ml.families.torch_seq.train import TrainedSequenceModel, predict_proba
@@ -137,6 +141,18 @@ class SequencePropensityModel(mlflow.pyfunc.PythonModel):
         if self.trained is None:
             raise RuntimeError("No network loaded: load the model with mlflow.pyfunc.load_model")
         return feature_contributions(self.trained, model_input, batch_size=self.batch_size)
+
+    def event_reasons(self, model_input: pd.DataFrame, names: dict[int, str]) -> list[str]:
+        """Per row, the (up to) three past events that raised its score most, as a shop
+        manager reads them (integrated gradients; `names`: category index -> name)."""
+        if self.trained is None:
+            raise RuntimeError("No network loaded: load the model with mlflow.pyfunc.load_model")
+        attributions = event_attributions(self.trained, model_input)
+        sequences = model_input[list(SEQUENCE_COLUMNS)]
+        return [
+            "; ".join(describe_events(sequences.iloc[row], values, names))
+            for row, values in enumerate(attributions)
+        ]
 
     def __getstate__(self) -> dict[str, Any]:
         """Never pickles the network, even when called after load_context."""
