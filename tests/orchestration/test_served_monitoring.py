@@ -219,6 +219,7 @@ def test_the_matured_label_monitor_on_a_short_horizon_over_two_nightly_runs(
                 dg.AssetKey(["predictions", "user_propensity"]),
                 dg.AssetKey(["predictions", "intervention_targets"]),
                 dg.AssetKey(["predictions", "served_history"]),
+                dg.AssetKey(["predictions", "next_categories"]),
                 MONITOR,
             ],
         )

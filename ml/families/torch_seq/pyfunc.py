@@ -218,14 +218,7 @@ def sequence_signature(model_input: pd.DataFrame, probabilities: np.ndarray) -> 
     """
     features = [column for column in model_input.columns if column not in SEQUENCE_COLUMNS]
     signature = feature_signature(model_input[features], probabilities)
-    sequence_specs = [
-        ColSpec(Array(DataType.long), "event_type_codes"),
-        ColSpec(Array(DataType.long), "category_indexes"),
-        ColSpec(Array(DataType.double), "prices"),
-        ColSpec(Array(DataType.double), "seconds_before_cutoff"),
-    ]
-    assert [spec.name for spec in sequence_specs] == list(SEQUENCE_COLUMNS)
-    inputs = Schema([*signature.inputs.inputs, *sequence_specs])
+    inputs = Schema([*signature.inputs.inputs, *sequence_specs()])
     return ModelSignature(inputs=inputs, outputs=signature.outputs)
 
 
@@ -315,7 +308,7 @@ def log_encoder(
     python_model.load_context(loader)
     example = sample[list(SEQUENCE_COLUMNS)].head(5)
     signature = ModelSignature(
-        inputs=sequence_signature(example, np.zeros(len(example))).inputs,
+        inputs=Schema(sequence_specs()),
         outputs=Schema(
             [ColSpec(DataType.double, name) for name in python_model.predict(None, example).columns]
         ),
@@ -334,3 +327,15 @@ def log_encoder(
         ENCODER_MODEL_NAME, version, "family", BehaviourEncoderModel.family
     )
     return version
+
+
+def sequence_specs() -> list[ColSpec]:
+    """The SEQUENCE_COLUMNS as array columns of a signature."""
+    specs = [
+        ColSpec(Array(DataType.long), "event_type_codes"),
+        ColSpec(Array(DataType.long), "category_indexes"),
+        ColSpec(Array(DataType.double), "prices"),
+        ColSpec(Array(DataType.double), "seconds_before_cutoff"),
+    ]
+    assert [spec.name for spec in specs] == list(SEQUENCE_COLUMNS)
+    return specs
