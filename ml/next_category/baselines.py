@@ -84,11 +84,20 @@ def most_recent(history: Sequence[np.ndarray] | pd.Series, counts: np.ndarray) -
     return scores + newest
 
 
-def last_category(history: Sequence[np.ndarray] | pd.Series) -> np.ndarray:
-    """The category of each row's newest categorized event, 0 when it has none."""
+def last_category(
+    history: Sequence[np.ndarray] | pd.Series,
+    event_types: Sequence[np.ndarray] | pd.Series | None = None,
+    event_type: int | None = None,
+) -> np.ndarray:
+    """The category of each row's newest categorized event (of `event_type` only, when given,
+    read from the row's `event_types`), 0 when it has none."""
     last = np.zeros(len(history), dtype=np.int64)
     rows, positions, values = flatten(history)
     keep = values > 0
+    if event_type is not None:
+        if event_types is None:
+            raise ValueError("event_type needs the rows' event_types")
+        keep &= flatten(event_types)[2] == event_type
     order = np.lexsort((positions[keep], rows[keep]))  # by row, then position: newest last
     last[rows[keep][order]] = values[keep][order]
     return last

@@ -80,6 +80,8 @@ class CategoryEvaluation:
     n_users: int
     k: int = DEFAULT_K
     values: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    # The rows every figure is on, so that the gate scores the champion on the same ones.
+    rows: PromotionRows | None = field(default=None, repr=False)
 
     def table(self) -> pd.DataFrame:
         """One row per method: each metric with its interval, and the model's paired gain."""
@@ -178,6 +180,7 @@ def evaluate_against_baselines(
         n_users=int(pd.Series(rows.users).nunique()),
         k=k,
         values=values,
+        rows=rows,
     )
 
 
@@ -212,7 +215,7 @@ def promote_category_model(
         difference = evaluation.differences[compared_with][GATE_METRIC]
     else:
         compared_with = f"v{champion}"
-        rows = promotion_rows(data)
+        rows = evaluation.rows or promotion_rows(data)
         champion_scores = np.asarray(score_version(champion, rows.model_input), np.float64)
         n_categories = max(
             champion_scores.shape[1],

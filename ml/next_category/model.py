@@ -26,7 +26,7 @@ from torch import nn
 
 from ml.dataset import SEQUENCE_COLUMNS
 from ml.evaluation.ranking import has_targets, ranking_values
-from ml.families.torch_seq.inputs import FeatureScaler, SequenceTensors, build_tensors, make_loader
+from ml.families.torch_seq.inputs import FeatureScaler, build_tensors, make_loader
 from ml.families.torch_seq.net import SeqParams, SequencePropensityNet
 from ml.families.torch_seq.train import (
     configure_device,
@@ -172,12 +172,6 @@ def rows_to_train_on(targets: pd.Series, max_rows: int, seed: int) -> np.ndarray
     return rows
 
 
-def _tensors(
-    scaler: FeatureScaler, params: SeqParams, X: pd.DataFrame, sequences: pd.DataFrame
-) -> SequenceTensors:
-    return build_tensors(scaler, params, X, sequences)
-
-
 def train_category_model(
     data: SplitData,
     params: SeqParams = DEFAULT_PARAMS,
@@ -209,11 +203,11 @@ def train_category_model(
     params = replace(params, category_buckets=max(params.category_buckets, n_categories))
     X_train = data.X_train.iloc[rows]
     scaler = FeatureScaler.fit(X_train)
-    train = _tensors(scaler, params, X_train, data.sequences_train.iloc[rows])
+    train = build_tensors(scaler, params, X_train, data.sequences_train.iloc[rows])
     train.labels = target_tensor(train_targets, n_categories)
 
     validation_rows = np.flatnonzero(has_targets(data.next_categories_validation))
-    validation = _tensors(
+    validation = build_tensors(
         scaler,
         params,
         data.X_validation.iloc[validation_rows],
@@ -286,6 +280,8 @@ def predict_category_proba(
     missing = [c for c in (*model.feature_columns, *SEQUENCE_COLUMNS) if c not in model_input]
     if missing:
         raise ValueError(f"The input lacks the column(s) {missing} the next-category model reads")
-    tensors = _tensors(model.scaler, model.params, model_input, model_input[list(SEQUENCE_COLUMNS)])
+    tensors = build_tensors(
+        model.scaler, model.params, model_input, model_input[list(SEQUENCE_COLUMNS)]
+    )
     logits = _masked(predict_logits(model.net, tensors, batch_size).reshape(len(model_input), -1))
     return 1.0 / (1.0 + np.exp(-logits))

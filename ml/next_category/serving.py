@@ -25,7 +25,12 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from ml.evaluation.ranking import DEFAULT_K, top_categories
-from ml.next_category.baselines import flatten, most_frequent, n_categories_of, popularity
+from ml.next_category.baselines import (
+    last_category,
+    most_frequent,
+    n_categories_of,
+    popularity,
+)
 from ml.next_category.evaluation import CATEGORY_MODEL_NAME
 from ml.next_category.model import CART_CODE
 from ml.registry import current_champion
@@ -71,13 +76,7 @@ def rank_categories(frame: pd.DataFrame, tracking_uri: str, k: int = DEFAULT_K) 
 
 def newest_cart_category(event_types: pd.Series, categories: pd.Series) -> np.ndarray:
     """Per row, the category of the newest cart event in the sequence (0 when none)."""
-    rows, positions, codes = flatten(event_types)
-    _, _, indexes = flatten(categories)
-    newest = np.zeros(len(event_types), dtype=np.int64)
-    keep = (codes == CART_CODE) & (indexes > 0)
-    order = np.lexsort((positions[keep], rows[keep]))
-    newest[rows[keep][order]] = indexes[keep][order]
-    return newest
+    return last_category(categories, event_types, CART_CODE)
 
 
 def choose_actions(frame: pd.DataFrame, top_category: np.ndarray) -> pd.DataFrame:

@@ -620,7 +620,7 @@ def next_category_model(
             logged.version,
             evaluation,
             data,
-            lambda version, frame: category_probabilities(version, frame),
+            category_probabilities,
             min_gain=config.min_gain,
             n_resamples=config.n_resamples,
             seed=config.seed,

@@ -35,6 +35,7 @@ from ml.families.torch_seq.encoder import ENCODER_PARTS
 from ml.families.torch_seq.inputs import (
     EVENT_TYPE_SLOTS,
     FeatureScaler,
+    SequenceTensors,
     build_tensors,
     category_vocabulary_size,
     make_loader,
@@ -182,11 +183,15 @@ def pretraining_sequences(data: SplitData) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pooled[~held_out].reset_index(drop=True), pooled[held_out].reset_index(drop=True)
 
 
-def _tensors(sequences: pd.DataFrame, params: PretrainParams):  # noqa: ANN202
-    """Sequence tensors (no static features: pretraining reads events only)."""
+def sequence_tensors(sequences: pd.DataFrame, params: SeqParams) -> SequenceTensors:
+    """Tensors of the SEQUENCE_COLUMNS alone (no static features): what the encoder reads."""
     empty = pd.DataFrame(index=range(len(sequences)))
-    scaler = FeatureScaler.fit(empty)
-    return build_tensors(scaler, params.seq_params(), empty, sequences[list(SEQUENCE_COLUMNS)])
+    return build_tensors(
+        FeatureScaler.fit(empty),
+        params,
+        empty,
+        sequences[list(SEQUENCE_COLUMNS)].reset_index(drop=True),
+    )
 
 
 def pretrain_encoder(
@@ -207,8 +212,8 @@ def pretrain_encoder(
         keep = np.sort(rng.choice(len(train_rows), size=params.max_rows, replace=False))
         train_rows = train_rows.iloc[keep].reset_index(drop=True)
     held_out_rows = held_out_rows.head(max(params.max_rows // 5, 1))
-    train = _tensors(train_rows, params)
-    held_out = _tensors(held_out_rows, params)
+    train = sequence_tensors(train_rows, params.seq_params())
+    held_out = sequence_tensors(held_out_rows, params.seq_params())
     held_out_max = int(held_out.categories.max()) if len(held_out) else 0
     n_tokens = max(int(train.categories.max()), held_out_max) + 1
     model = NextEventNet(params, n_tokens).to(device)

@@ -35,8 +35,9 @@ from ml.families.torch_seq.explain import (
     event_attributions,
     feature_contributions,
 )
-from ml.families.torch_seq.inputs import FeatureScaler, build_tensors
+from ml.families.torch_seq.inputs import FeatureScaler
 from ml.families.torch_seq.net import SeqParams, SequencePropensityNet
+from ml.families.torch_seq.pretrain import sequence_tensors
 from ml.families.torch_seq.train import TrainedSequenceModel, predict_proba
 from ml.registry import MODEL_NAME
 from ml.splits import SplitData
@@ -256,13 +257,7 @@ class BehaviourEncoderModel(mlflow.pyfunc.PythonModel):
     ) -> pd.DataFrame:
         if self.net is None or self.params is None:
             raise RuntimeError("No encoder loaded: load the model with mlflow.pyfunc.load_model")
-        empty = pd.DataFrame(index=range(len(model_input)))
-        tensors = build_tensors(
-            FeatureScaler.fit(empty),
-            self.params,
-            empty,
-            model_input[list(SEQUENCE_COLUMNS)].reset_index(drop=True),
-        )
+        tensors = sequence_tensors(model_input, self.params)
         parts = []
         for start in range(0, len(tensors), self.batch_size):
             stop = start + self.batch_size
