@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -56,3 +57,39 @@ def machine_info(packages: Sequence[str], watched_folder: str) -> dict:
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         dirty_key: bool(_git("status", "--porcelain", "--", watched_folder)),
     }
+
+
+# Other processes' busy cores above which a measurement is flagged as taken on a shared machine.
+SHARED_MACHINE_CORES = 0.25
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes have used since boot (Linux /proc/stat), None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """Wall seconds, this process's CPU seconds, and how many cores other processes kept busy
+    meanwhile (the machine's busy CPU time minus ours, per wall second): a figure taken while
+    other work ran is slower than the machine can do."""
+
+    def __enter__(self) -> Meter:
+        self.load_average_before = round(os.getloadavg()[0], 2)
+        self._busy = machine_busy_seconds()
+        self._cpu, self._wall = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.seconds = time.perf_counter() - self._wall
+        self.cpu_seconds = time.process_time() - self._cpu
+        busy = machine_busy_seconds()
+        self.other_busy_cores = (
+            None
+            if busy is None or self._busy is None
+            else round(max(0.0, busy - self._busy - self.cpu_seconds) / self.seconds, 2)
+        )

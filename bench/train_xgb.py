@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import tempfile
 import time
@@ -69,7 +68,7 @@ from optuna.trial import FrozenTrial, TrialState
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # so `ml` imports when run as a plain script
 
-from bench.machine import machine_info  # noqa: E402
+from bench.machine import SHARED_MACHINE_CORES, Meter, machine_info  # noqa: E402
 from ml import settings  # noqa: E402
 from ml.dataset import KEY_COLUMNS, LABEL_COLUMN, load_labeled_features  # noqa: E402
 from ml.families.xgboost import FAMILY as XGBOOST  # noqa: E402
@@ -84,8 +83,6 @@ MILLION = 1_000_000
 VALIDATION_SHARE = 0.2
 SYNTHETIC_POSITIVE_RATE = 0.03
 SYNTHETIC_BASE_ROWS = 200_000
-# Other processes' busy cores above which a measurement is flagged as taken on a shared machine.
-SHARED_MACHINE_CORES = 0.25
 
 
 # ----------------------------------------------------------------------------- data
@@ -284,38 +281,6 @@ def draw_rows(
 
 
 # ----------------------------------------------------------------------------- fit time
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU seconds all processes have used since boot (Linux /proc/stat), None elsewhere."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except (OSError, IndexError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-class Meter:
-    """Wall seconds, this process's CPU seconds, and how many cores other processes kept busy
-    meanwhile (the machine's busy CPU time minus ours, per wall second): a figure taken while
-    other work ran is slower than the machine can do."""
-
-    def __enter__(self) -> Meter:
-        self.load_average_before = round(os.getloadavg()[0], 2)
-        self._busy = machine_busy_seconds()
-        self._cpu, self._wall = time.process_time(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.seconds = time.perf_counter() - self._wall
-        self.cpu_seconds = time.process_time() - self._cpu
-        busy = machine_busy_seconds()
-        self.other_busy_cores = (
-            None
-            if busy is None or self._busy is None
-            else round(max(0.0, busy - self._busy - self.cpu_seconds) / self.seconds, 2)
-        )
 
 
 @dataclass

@@ -16,14 +16,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 import pandas as pd
 
-from ml.evaluation.final import FinalEvaluation
 from ml.splits import SplitData
+
+if TYPE_CHECKING:  # the evaluation imports matplotlib and MLflow; a family needs neither
+    from ml.evaluation.final import FinalEvaluation
 
 # Called by a family after every boosting round or epoch with the validation PR-AUC so far; the
 # study runner reports it to Optuna, prunes and checks the deadline from here (it may raise).

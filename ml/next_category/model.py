@@ -29,7 +29,9 @@ from ml.evaluation.ranking import has_targets, ranking_values
 from ml.families.torch_seq.inputs import FeatureScaler, build_tensors, make_loader
 from ml.families.torch_seq.net import SeqParams, SequencePropensityNet
 from ml.families.torch_seq.train import (
+    compiled,
     configure_device,
+    inference_batch_size,
     predict_logits,
     torch_device,
     train_epoch,
@@ -218,6 +220,7 @@ def train_category_model(
     net = NextCategoryNet(scaler.n_outputs, params, n_categories)
     start_from_popularity(net, train.labels, n_categories)
     net = net.to(device)
+    train, validation = train.to(device), validation.to(device)  # once, not once per batch
     bce = nn.BCEWithLogitsLoss(reduction="sum")
 
     def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -229,11 +232,14 @@ def train_category_model(
         net.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
     )
     loader = make_loader(train, params.batch_size, device, shuffle_seed=seed)
+    step_net = compiled(net)
     best_epoch, best_value, history = train_with_early_stopping(
         net,
-        lambda: train_epoch(net, loader, optimizer, loss_fn, device, params.grad_clip),
+        lambda: train_epoch(step_net, loader, optimizer, loss_fn, device, params.grad_clip),
         lambda: _ndcg(
-            predict_logits(net, validation, max(params.batch_size, 1024), device),
+            predict_logits(
+                step_net, validation, inference_batch_size(device, params.batch_size), device
+            ),
             validation_targets,
         ),
         "validation_ndcg_at_10",

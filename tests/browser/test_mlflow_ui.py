@@ -20,11 +20,11 @@ from ml.evaluation.final import evaluate_final_model
 from ml.families.xgboost.model import predict_proba, train_xgb
 from ml.families.xgboost.pyfunc import log_model as log_final_model
 from ml.registry import CHALLENGER, CHAMPION, MODEL_NAME, promote
+from ml.synthetic_split import make_split_data
 from ml.tracking import DEFAULT_EXPERIMENT, configure_mlflow
 from orchestration import ui
 from tests.browser.conftest import Screenshots
 from tests.browser.servers import free_port, isolated_env, start_server, wait_for_http
-from tests.ml.conftest import make_split_data
 
 START_TIMEOUT_S = 120
 

@@ -18,7 +18,7 @@ from ml.families.torch_seq.explain import (
 )
 from ml.families.torch_seq.train import input_tensors, train_sequence_model
 from ml.splits import SplitData
-from tests.ml.conftest import make_split_data
+from ml.synthetic_split import make_split_data
 from tests.ml.test_seq_model import CPU, SMALL
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")

@@ -35,7 +35,7 @@ from ml.next_category.model import (
 )
 from ml.next_category.serving import choose_actions, newest_cart_category
 from ml.splits import SplitData
-from tests.ml.conftest import make_split_data
+from ml.synthetic_split import make_split_data
 from tests.ml.test_study import Untouchable
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")

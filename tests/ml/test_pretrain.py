@@ -27,7 +27,7 @@ from ml.families.torch_seq.search import SeqSearch, first_trials
 from ml.families.torch_seq.train import train_sequence_model
 from ml.splits import SplitData
 from ml.study import StudyBudget, optuna_storage, tune
-from tests.ml.conftest import make_split_data
+from ml.synthetic_split import make_split_data
 from tests.ml.test_seq_tuning import TinyTorchSeq
 from tests.ml.test_study import Untouchable
 

@@ -13,7 +13,10 @@ from sklearn.metrics import average_precision_score
 from ml.families.torch_seq.inputs import FeatureScaler, build_tensors
 from ml.families.torch_seq.net import SeqParams, SequencePropensityNet
 from ml.families.torch_seq.train import (
+    COMPILE_VARIABLE,
     TrainedSequenceModel,
+    compile_requested,
+    compiled,
     predict_logits,
     predict_proba,
     torch_device,
@@ -21,7 +24,7 @@ from ml.families.torch_seq.train import (
     training_rows,
 )
 from ml.splits import SplitData
-from tests.ml.conftest import make_split_data
+from ml.synthetic_split import make_split_data
 from tests.ml.test_study import Untouchable
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
@@ -92,6 +95,57 @@ def test_more_padding_gives_the_same_logit(encoder: str, sequence_split_data: Sp
         moved = net(changed, *inputs[1:]).numpy()
     assert abs(moved[row] - logits[row]) > 1e-4
     np.testing.assert_allclose(np.delete(moved, row), np.delete(logits, row), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", ["gru", "transformer"])
+def test_scoring_is_float32_whatever_autocast_is_active(
+    encoder: str, sequence_split_data: SplitData
+) -> None:
+    """Scores (early stopping, logged metrics, the gate) are float32 numbers on every device:
+    predict_logits under an active bf16 autocast gives exactly the logits without it."""
+    data = sequence_split_data
+    params = replace(SMALL, encoder=encoder, hidden_size=16, max_length=20)
+    scaler = FeatureScaler.fit(data.X_train)
+    tensors = build_tensors(scaler, params, data.X_train[:200], data.sequences_train[:200])
+    net = SequencePropensityNet(scaler.n_outputs, params)
+    plain = predict_logits(net, tensors, 64)
+    autocast_inside: list[bool] = []
+    net.event_input.register_forward_pre_hook(
+        lambda module, args: autocast_inside.append(torch.is_autocast_enabled("cpu"))
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+        under_autocast = predict_logits(net, tensors, 64)
+    assert autocast_inside and not any(autocast_inside)
+    np.testing.assert_array_equal(under_autocast, plain)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_model_trained_on_the_gpu_scores_there_as_on_the_cpu(
+    sequence_split_data: SplitData,
+) -> None:
+    """What the GPU's early stopping reads is what the CPU pyfunc (the gate's) computes."""
+    model = train_sequence_model(
+        sequence_split_data, replace(SMALL, max_epochs=1), device=torch.device("cuda")
+    )
+    frame = sequence_split_data.model_input("validation")
+    on_gpu = predict_proba(model, frame)
+    model.net.to(CPU)
+    np.testing.assert_allclose(predict_proba(model, frame), on_gpu, atol=1e-5)
+
+
+def test_compilation_is_an_option_that_is_off_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net = SequencePropensityNet(3, replace(SMALL, hidden_size=8))
+    monkeypatch.delenv(COMPILE_VARIABLE, raising=False)
+    assert not compile_requested() and compiled(net) is net
+    monkeypatch.setenv(COMPILE_VARIABLE, "1")
+    step_net = compiled(net)
+    assert step_net is not net and step_net._orig_mod is net  # shares the parameters
+    monkeypatch.setenv(COMPILE_VARIABLE, "maybe")
+    with pytest.raises(ValueError, match=COMPILE_VARIABLE):
+        compile_requested()
 
 
 @pytest.mark.parametrize("encoder", ["gru", "transformer"])

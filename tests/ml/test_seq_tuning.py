@@ -25,7 +25,7 @@ from ml.study import (
     optuna_storage,
     tune,
 )
-from tests.ml.conftest import make_split_data
+from ml.synthetic_split import make_split_data
 from tests.ml.test_study import Untouchable
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from ml.dataset import SEQUENCE_COLUMNS
-from ml.families.torch_seq.inputs import NO_CATEGORY, _Batches, hash_categories, pad_sequences
+from ml.families.torch_seq.inputs import (
+    NO_CATEGORY,
+    WIDTH_STEP,
+    SequenceTensors,
+    batch_rows,
+    hash_categories,
+    make_loader,
+    pad_sequences,
+)
 from ml.splits import SplitData
 
 
@@ -130,8 +138,8 @@ def test_missing_columns_and_ragged_rows_are_errors() -> None:
 
 def test_training_batches_cover_every_row_once_and_hold_rows_of_similar_length() -> None:
     lengths = torch.randint(1, 51, (5_000,), generator=torch.Generator().manual_seed(0))
-    batches = list(_Batches(lengths, 64, torch.Generator().manual_seed(3)))
-    again = list(_Batches(lengths, 64, torch.Generator().manual_seed(3)))
+    batches = batch_rows(lengths, 64, torch.Generator().manual_seed(3))
+    again = batch_rows(lengths, 64, torch.Generator().manual_seed(3))
 
     assert sorted(torch.cat(batches).tolist()) == list(range(5_000))
     assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))  # seeded
@@ -139,3 +147,37 @@ def test_training_batches_cover_every_row_once_and_hold_rows_of_similar_length()
     # to about 50, twice the mean length; bucketed ones waste little.
     padded = sum(len(b) * int(lengths[b].max()) for b in batches)
     assert padded < 1.15 * int(lengths.sum())
+
+
+def test_a_loader_gathers_batches_on_the_device_cut_to_a_few_widths() -> None:
+    """Each batch is the rows batch_rows chose, taken from the tensors on the device, cut to its
+    longest sequence rounded up to WIDTH_STEP (few shapes for torch.compile); a new pass is a
+    new shuffle."""
+    generator = torch.Generator().manual_seed(0)
+    n, width = 1_000, 50
+    lengths = torch.randint(0, width + 1, (n,), generator=generator)
+    tensors = SequenceTensors(
+        event_types=torch.randint(1, 6, (n, width), generator=generator).to(torch.uint8),
+        categories=torch.randint(1, 9, (n, width), generator=generator).to(torch.int32),
+        continuous=torch.randn(n, width, 4, generator=generator),
+        lengths=lengths,
+        static=torch.randn(n, 3, generator=generator),
+        labels=torch.arange(n, dtype=torch.float32),  # each row's label is its position
+    )
+    loader = make_loader(tensors, 64, torch.device("cpu"), shuffle_seed=1)
+    first_pass, second_pass = list(loader), list(loader)
+
+    rows = torch.cat([batch[5] for batch in first_pass]).long()
+    assert sorted(rows.tolist()) == list(range(n))
+    assert not torch.equal(rows, torch.cat([batch[5] for batch in second_pass]).long())
+    widths = set()
+    for event_types, categories, continuous, batch_lengths, static, labels in first_pass:
+        at = labels.long()
+        longest = int(lengths[at].max())
+        expected = min(width, max(WIDTH_STEP, -(-longest // WIDTH_STEP) * WIDTH_STEP))
+        assert event_types.shape[1] == categories.shape[1] == continuous.shape[1] == expected
+        assert torch.equal(event_types, tensors.event_types[at, :expected])
+        assert torch.equal(batch_lengths, lengths[at])
+        assert torch.equal(static, tensors.static[at])
+        widths.add(expected)
+    assert widths <= set(range(WIDTH_STEP, width + 1, WIDTH_STEP)) | {width}

@@ -1,25 +1,30 @@
 """A PyTorch sequence model on each shopper's recent events, fused with the static features.
 
 inputs.py turns sequences and features into tensors, net.py is the network and its
-parameters, train.py the training loop and scoring (CUDA when present), explain.py the
-occlusion contributions, search.py the search space, pyfunc.py the registered model.
+parameters, train.py the training loop and scoring (CUDA when present), pretrain.py the
+behaviour encoder, explain.py the event attributions, search.py the search space, pyfunc.py the
+registered model. Training needs torch, Optuna and the warehouse's readers only: explain and
+pyfunc (matplotlib, MLflow) are imported where they are used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 import pandas as pd
 
-from ml.evaluation.final import FinalEvaluation
 from ml.families.base import PARAMS_ATTR, ModelFamily, StepCallback, TrainedModel
-from ml.families.torch_seq import explain, pyfunc, search, train
+from ml.families.torch_seq import search, train
+from ml.families.torch_seq.names import REGISTRY_TAG
 from ml.families.torch_seq.net import SeqParams
 from ml.splits import SplitData
+
+if TYPE_CHECKING:
+    from ml.evaluation.final import FinalEvaluation
 
 # Stored by earlier versions: a trial's complete SeqParams.
 LEGACY_PARAMS_ATTR = "seq_params"
@@ -27,7 +32,7 @@ LEGACY_PARAMS_ATTR = "seq_params"
 
 class TorchSeqFamily(ModelFamily):
     name = "torch_seq"
-    registry_tag = pyfunc.SequencePropensityModel.family
+    registry_tag = REGISTRY_TAG
     asset_prefix = "seq"
     study_name = "purchase-propensity-torch-seq"
     step_name = "epoch"
@@ -76,6 +81,8 @@ class TorchSeqFamily(ModelFamily):
     ) -> list[Path]:
         """A heatmap of what each past event did to the score, for the promotion window's
         HEATMAP_ROWS highest-scored shoppers (integrated gradients)."""
+        from ml.families.torch_seq import explain  # matplotlib: only where it is drawn
+
         frame = data.model_input("promotion")
         scores = train.predict_proba(trained, frame)
         rows = frame.iloc[np.argsort(-scores, kind="stable")[: explain.HEATMAP_ROWS]]
@@ -95,12 +102,18 @@ class TorchSeqFamily(ModelFamily):
         params: Mapping[str, Any],
         plot_paths: list[Path],
     ) -> Any:
+        from ml.families.torch_seq import pyfunc  # MLflow: only where it is used
+
         return pyfunc.log_model(fitted.model, data, evaluation, params, plot_paths=plot_paths)
 
     def save(self, trained: train.TrainedSequenceModel, folder: Path) -> None:
+        from ml.families.torch_seq import pyfunc  # MLflow: only where it is used
+
         pyfunc.save_artifacts(trained, folder)
 
     def load(self, folder: Path) -> train.TrainedSequenceModel:
+        from ml.families.torch_seq import pyfunc  # MLflow: only where it is used
+
         return pyfunc.load_trained(folder / pyfunc.STATE_DICT_FILE, folder / pyfunc.CONFIG_FILE)
 
     def first_trials(self, settings: search.SeqSearch) -> list[dict[str, Any]]:

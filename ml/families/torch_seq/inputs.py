@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from ml.dataset import SEQUENCE_COLUMNS, select_features
 
@@ -249,7 +248,8 @@ def _signed_log(values: np.ndarray) -> np.ndarray:
 
 @dataclass
 class SequenceTensors:
-    """Model inputs as CPU tensors, built once: compact dtypes, widened on the device."""
+    """Model inputs as tensors, built once on the CPU in compact dtypes (widened inside the
+    network), and moved to the training device once (`to`)."""
 
     event_types: torch.Tensor  # uint8 (n, max_length)
     categories: torch.Tensor  # int32 (n, max_length)
@@ -264,6 +264,10 @@ class SequenceTensors:
     def as_tuple(self) -> tuple[torch.Tensor, ...]:
         inputs = (self.event_types, self.categories, self.continuous, self.lengths, self.static)
         return inputs if self.labels is None else (*inputs, self.labels)
+
+    def to(self, device: torch.device) -> SequenceTensors:
+        """The same tensors on `device` (themselves when they are there already)."""
+        return SequenceTensors(*(t.to(device) for t in self.as_tuple()))
 
 
 def build_tensors(
@@ -289,41 +293,85 @@ def build_tensors(
 
 # Rows of this many batches are sorted by length together before they are cut into batches.
 BUCKET_BATCHES = 32
+# A batch is cut to its longest sequence rounded up to a multiple of this: few distinct widths,
+# so a compiled network (`PROPENSITY_TORCH_COMPILE`) compiles a handful of shapes, not fifty.
+WIDTH_STEP = 8
 
 
-class _Batches(Sampler[torch.Tensor]):
-    """Yields whole batches of row indices, so the DataLoader fetches each batch with one
-    indexing call instead of row by row.
+def batch_rows(
+    lengths: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    order: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """Row indices (CPU) of each batch of one pass.
 
-    Shuffled (a seeded generator): a random permutation, cut into buckets of BUCKET_BATCHES
-    batches whose rows are sorted by sequence length and then cut into batches, the batches
-    in random order. Each batch then holds rows of similar length and is padded (and computed)
-    to little more than they need; the rows of a batch are still a random draw from its bucket.
+    Shuffled (a seeded `generator`): a random permutation, cut into buckets of BUCKET_BATCHES
+    batches whose rows are sorted by sequence length and then cut into batches, the batches in
+    random order. Each batch then holds rows of similar length and is padded (and computed) to
+    little more than they need; the rows of a batch are still a random draw from its bucket.
     Not shuffled: `order` (a permutation), or the rows as they are.
+    """
+    if generator is None:
+        rows = order if order is not None else torch.arange(len(lengths))
+        return list(rows.split(batch_size))
+    shuffled = torch.randperm(len(lengths), generator=generator)
+    batches: list[torch.Tensor] = []
+    for bucket in shuffled.split(batch_size * BUCKET_BATCHES):
+        by_length = bucket[torch.argsort(lengths[bucket], stable=True)]
+        batches.extend(by_length.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+class Batches:
+    """Batches of `tensors` on `device`, each cut to its rows' longest sequence (rounded up to
+    WIDTH_STEP); a fresh pass (a new shuffle) every time it is iterated.
+
+    The tensors move to the device once (`SequenceTensors.to`), and every batch is gathered
+    there: each pass sends one index tensor to the device and takes the batch widths from a CPU
+    copy of the lengths, so the host never waits for the GPU between batches.
     """
 
     def __init__(
         self,
-        lengths: torch.Tensor,
+        tensors: SequenceTensors,
         batch_size: int,
-        generator: torch.Generator | None,
+        device: torch.device,
+        shuffle_seed: int | None = None,
         order: torch.Tensor | None = None,
     ) -> None:
-        self.lengths, self.batch_size = lengths, batch_size
-        self.generator, self.order = generator, order
+        self.tensors = tensors.to(device)
+        self.lengths = tensors.lengths.cpu()
+        self.batch_size, self.device, self.order = batch_size, device, order
+        self.generator = (
+            None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+        )
+        self.full_width = int(tensors.event_types.shape[1])
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        if self.generator is None:
-            order = self.order if self.order is not None else torch.arange(len(self.lengths))
-            yield from order.split(self.batch_size)
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        batches = batch_rows(self.lengths, self.batch_size, self.generator, self.order)
+        if not batches:
             return
-        shuffled = torch.randperm(len(self.lengths), generator=self.generator)
-        batches: list[torch.Tensor] = []
-        for bucket in shuffled.split(self.batch_size * BUCKET_BATCHES):
-            by_length = bucket[torch.argsort(self.lengths[bucket], stable=True)]
-            batches.extend(by_length.split(self.batch_size))
-        for position in torch.randperm(len(batches), generator=self.generator).tolist():
-            yield batches[position]
+        widths = [self._width(int(self.lengths[rows].max())) for rows in batches]
+        all_rows = torch.cat(batches).to(self.device, non_blocking=True)
+        start = 0
+        for rows_cpu, width in zip(batches, widths, strict=True):
+            rows = all_rows[start : start + len(rows_cpu)]
+            start += len(rows_cpu)
+            event_types, categories, continuous, lengths, static, *rest = (
+                t.index_select(0, rows) for t in self.tensors.as_tuple()
+            )
+            yield (
+                event_types[:, :width],
+                categories[:, :width],
+                continuous[:, :width],
+                lengths,
+                static,
+                *rest,
+            )
+
+    def _width(self, longest: int) -> int:
+        return min(self.full_width, max(WIDTH_STEP, math.ceil(longest / WIDTH_STEP) * WIDTH_STEP))
 
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
@@ -335,22 +383,7 @@ def make_loader(
     device: torch.device,
     shuffle_seed: int | None = None,
     order: torch.Tensor | None = None,
-) -> DataLoader:
-    """Batches of `tensors`, shuffled by a seeded generator when `shuffle_seed` is given, or
-    in the row order `order` (a permutation), with pinned memory on CUDA so that host-to-device
-    copies can be asynchronous."""
-    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
-    return DataLoader(
-        TensorDataset(*tensors.as_tuple()),
-        sampler=_Batches(tensors.lengths, batch_size, generator, order),
-        batch_size=None,
-        pin_memory=device.type == "cuda",
-    )
-
-
-def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Cuts a batch to its longest sequence and moves it to `device`."""
-    event_types, categories, continuous, lengths, static, *rest = batch
-    width = max(1, int(lengths.max()))
-    parts = (event_types[:, :width], categories[:, :width], continuous[:, :width], lengths, static)
-    return tuple(t.to(device, non_blocking=True) for t in (*parts, *rest))
+) -> Batches:
+    """Batches of `tensors` on `device`, shuffled by a seeded generator when `shuffle_seed` is
+    given, or in the row order `order` (a permutation)."""
+    return Batches(tensors, batch_size, device, shuffle_seed, order)

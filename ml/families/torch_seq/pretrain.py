@@ -39,7 +39,6 @@ from ml.families.torch_seq.inputs import (
     build_tensors,
     category_vocabulary_size,
     make_loader,
-    to_device,
 )
 from ml.families.torch_seq.net import SeqParams, SequencePropensityNet
 from ml.families.torch_seq.train import configure_device, torch_device
@@ -213,7 +212,7 @@ def pretrain_encoder(
         train_rows = train_rows.iloc[keep].reset_index(drop=True)
     held_out_rows = held_out_rows.head(max(params.max_rows // 5, 1))
     train = sequence_tensors(train_rows, params.seq_params())
-    held_out = sequence_tensors(held_out_rows, params.seq_params())
+    held_out = sequence_tensors(held_out_rows, params.seq_params()).to(device)
     held_out_max = int(held_out.categories.max()) if len(held_out) else 0
     n_tokens = max(int(train.categories.max()), held_out_max) + 1
     model = NextEventNet(params, n_tokens).to(device)
@@ -222,17 +221,15 @@ def pretrain_encoder(
     history: list[dict[str, float]] = []
     for epoch in range(params.max_epochs):
         model.train()
-        total, batches = 0.0, 0
-        for batch in loader:
-            event_types, categories, continuous, lengths, _ = to_device(batch, device)
+        total = torch.zeros((), device=device)  # summed on the device: no sync per batch
+        for event_types, categories, continuous, lengths, _ in loader:
             loss, _ = next_event_loss(model, event_types, categories, continuous, lengths)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            total += float(loss.detach())
-            batches += 1
-        history.append({"epoch": epoch, "train_loss": total / max(batches, 1)})
+            total += loss.detach()
+        history.append({"epoch": epoch, "train_loss": float(total) / max(len(loader), 1)})
         history[-1].update(evaluate_next_event(model, held_out, params.batch_size, device))
     return PretrainedEncoder(
         state=model.encoder_state(),
@@ -252,14 +249,14 @@ def evaluate_next_event(
     """Held-out loss, next-type accuracy and next-category top-10 accuracy."""
     model.eval()
     loader = make_loader(tensors, max(batch_size, 1024), device)
-    loss_sum, totals = 0.0, {"positions": 0.0, "type_correct": 0.0, "category_top10": 0.0}
-    for batch in loader:
-        event_types, categories, continuous, lengths, _ = to_device(batch, device)
+    names = ("loss_sum", "positions", "type_correct", "category_top10")
+    sums = dict.fromkeys(names, torch.zeros((), device=device))
+    for event_types, categories, continuous, lengths, _ in loader:
         loss, counts = next_event_loss(model, event_types, categories, continuous, lengths)
-        loss_sum += float(loss) * float(counts["positions"])
-        for name in totals:
-            totals[name] += float(counts[name])
-    positions = max(totals["positions"], 1.0)
+        counts["loss_sum"] = loss.detach() * counts["positions"]
+        sums = {name: sums[name] + counts[name] for name in names}
+    totals = {name: float(value) for name, value in sums.items()}
+    loss_sum, positions = totals["loss_sum"], max(totals["positions"], 1.0)
     return {
         "held_out_loss": loss_sum / positions if totals["positions"] else math.nan,
         "held_out_next_type_accuracy": totals["type_correct"] / positions,

@@ -36,6 +36,7 @@ from ml.families.torch_seq.explain import (
     feature_contributions,
 )
 from ml.families.torch_seq.inputs import FeatureScaler
+from ml.families.torch_seq.names import ENCODER_REGISTRY_TAG, REGISTRY_TAG
 from ml.families.torch_seq.net import SeqParams, SequencePropensityNet
 from ml.families.torch_seq.pretrain import sequence_tensors
 from ml.families.torch_seq.train import TrainedSequenceModel, predict_proba
@@ -102,7 +103,7 @@ def load_trained(state_path: str | Path, config_path: str | Path) -> TrainedSequ
 class SequencePropensityModel(mlflow.pyfunc.PythonModel):
     """PyTorch sequence purchase-propensity model (artifacts: state dict + JSON config)."""
 
-    family = "torch-seq"
+    family = REGISTRY_TAG
 
     def __init__(
         self,
@@ -232,7 +233,7 @@ class BehaviourEncoderModel(mlflow.pyfunc.PythonModel):
     embedding (the GRU's state after the newest event; zeros without events), columns
     embedding_0.. . Input: the SEQUENCE_COLUMNS (other columns are ignored)."""
 
-    family = "torch-seq-encoder"
+    family = ENCODER_REGISTRY_TAG
 
     def __init__(self, batch_size: int = 2048) -> None:
         self.batch_size = batch_size

@@ -5,11 +5,14 @@ weigh `target_ratio * negatives / positives` in total), AdamW, gradient clipping
 stopping on validation PR-AUC, keeping the best epoch's weights. Only the train and validation
 splits are read.
 
-One code path for both devices (`torch_device`): on CUDA with bf16 autocast, TF32 matmuls,
-pinned host memory and non-blocking copies; on the CPU in float32, seeded, and deterministic
-for a given seed and thread count. The inputs become tensors once (`build_tensors`); each
-batch is a slice of them (one fancy-indexing call per batch, no per-row work), cut to the
-longest sequence in the batch.
+One code path for both devices (`torch_device`). On CUDA, training runs with bf16 autocast
+around what is safe in it (the GRU and the head stay in float32, see `net.py`) and TF32
+matmuls; scoring runs in exact float32 (`exact_float32`); each split moves to the GPU once,
+batches are gathered there, and inference batches are large. On the CPU everything is float32,
+seeded, and deterministic for a given seed and thread count. The inputs become tensors once
+(`build_tensors`); each batch is a slice of them (one indexing call per tensor, no per-row
+work), cut to the longest sequence in the batch. `PROPENSITY_TORCH_COMPILE=1` runs training
+and validation through `torch.compile` (off by default; bench/seq_model.py measures it).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,17 +31,16 @@ import pandas as pd
 import torch
 from sklearn.metrics import average_precision_score
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ml import settings
 from ml.dataset import SEQUENCE_COLUMNS
 from ml.families.torch_seq.encoder import load_encoder_into
 from ml.families.torch_seq.inputs import (
+    Batches,
     FeatureScaler,
     SequenceTensors,
     build_tensors,
     make_loader,
-    to_device,
 )
 from ml.families.torch_seq.net import SeqParams, SequencePropensityNet
 from ml.splits import SplitData
@@ -58,11 +61,53 @@ def torch_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+COMPILE_VARIABLE = "PROPENSITY_TORCH_COMPILE"
+# Rows per inference batch on a GPU: large enough to keep an H100/H200 busy, small enough for
+# its memory (a GRU of 128 units over 50 events holds about 1.7 GB of states at this size).
+GPU_INFERENCE_BATCH = 65_536
+
+
+def inference_batch_size(device: torch.device, batch_size: int) -> int:
+    """Rows per batch when scoring: GPU_INFERENCE_BATCH on CUDA, else at least 1,024."""
+    return GPU_INFERENCE_BATCH if device.type == "cuda" else max(batch_size, 1024)
+
+
+def compile_requested() -> bool:
+    """Whether PROPENSITY_TORCH_COMPILE asks for torch.compile (1/true/yes; default off)."""
+    value = os.environ.get(COMPILE_VARIABLE, "").strip().lower()
+    if value not in ("", "0", "false", "no", "1", "true", "yes"):
+        raise ValueError(f"{COMPILE_VARIABLE} must be 1 or 0, got {value!r}")
+    return value in ("1", "true", "yes")
+
+
+def compiled(net: nn.Module) -> nn.Module:
+    """`torch.compile(net)` when compile_requested(), else `net`. The compiled module shares
+    the parameters of `net`: train and predict through it, save and load `net`."""
+    return torch.compile(net) if compile_requested() else net
+
+
 def _autocast(device: torch.device) -> torch.autocast:
     """bf16 autocast on CUDA; a disabled context on the CPU (float32)."""
     return torch.autocast(
         device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
     )
+
+
+@contextmanager
+def exact_float32(device: torch.device) -> Iterator[None]:
+    """Full float32 inside: no autocast, and on CUDA no TF32 in matmuls or cuDNN. Scores
+    computed on a GPU then equal the CPU pyfunc's (which the gate uses) up to summation order,
+    so early stopping and logged metrics read the same numbers as the gate."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        if device.type != "cuda":
+            yield
+            return
+        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def configure_device(device: torch.device) -> None:
@@ -73,8 +118,8 @@ def configure_device(device: torch.device) -> None:
 
 
 def train_epoch(
-    net: SequencePropensityNet,
-    loader: DataLoader,
+    net: nn.Module,
+    loader: Batches,
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     device: torch.device,
@@ -84,8 +129,7 @@ def train_epoch(
     net.train()
     total = torch.zeros((), device=device)
     n_rows = 0
-    for batch in loader:
-        *inputs, labels = to_device(batch, device)
+    for *inputs, labels in loader:
         with _autocast(device):
             logits = net(*inputs)
         loss = loss_fn(logits.float(), labels)
@@ -100,26 +144,27 @@ def train_epoch(
 
 @torch.inference_mode()
 def predict_logits(
-    net: SequencePropensityNet,
+    net: nn.Module,
     tensors: SequenceTensors,
     batch_size: int,
     device: torch.device | None = None,
 ) -> np.ndarray:
-    """Logits (float64) for every row of `tensors`, in order, in eval mode: (rows,), or
-    (rows, n_outputs) for a network with several outputs.
+    """Logits (float64) for every row of `tensors`, in order, in eval mode and in float32
+    (`exact_float32`, whatever autocast is active): (rows,), or (rows, n_outputs) for a network
+    with several outputs.
 
     Rows go through the network shortest sequence first, so that each batch is cut to a width
     close to its own rows' lengths (padding is masked, so the order changes no logit)."""
     device = device or next(net.parameters()).device
     net.eval()
-    by_length = torch.argsort(tensors.lengths, stable=True)
+    by_length = torch.argsort(tensors.lengths.cpu(), stable=True)
     loader = make_loader(
         SequenceTensors(*tensors.as_tuple()[:5]), batch_size, device, order=by_length
     )
     outputs = []
-    for batch in loader:
-        with _autocast(device):
-            outputs.append(net(*to_device(batch, device)).float())
+    with exact_float32(device):
+        for batch in loader:
+            outputs.append(net(*batch).float())
     if not outputs:
         return np.empty(0, dtype=np.float64)
     logits = torch.empty((len(tensors), *outputs[0].shape[1:]), dtype=torch.float64)
@@ -246,6 +291,7 @@ def train_sequence_model(
     scaler = FeatureScaler.fit(X_train)
     train = build_tensors(scaler, params, X_train, data.sequences_train.iloc[rows], y_train)
     validation = build_tensors(scaler, params, data.X_validation, data.sequences_validation)
+    train, validation = train.to(device), validation.to(device)  # once, not once per batch
     net = SequencePropensityNet(scaler.n_outputs, params)
     encoder_origin: dict[str, str] = {}
     if params.pretrained:
@@ -257,13 +303,16 @@ def train_sequence_model(
         net.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
     )
     loader = make_loader(train, params.batch_size, device, shuffle_seed=seed)
+    step_net = compiled(net)
 
     best_epoch, best_value, history = train_with_early_stopping(
         net,
-        lambda: train_epoch(net, loader, optimizer, loss_fn, device, params.grad_clip),
+        lambda: train_epoch(step_net, loader, optimizer, loss_fn, device, params.grad_clip),
         lambda: _pr_auc(
             data.y_validation,
-            predict_logits(net, validation, max(params.batch_size, 1024), device),
+            predict_logits(
+                step_net, validation, inference_batch_size(device, params.batch_size), device
+            ),
         ),
         "validation_pr_auc",
         params,
