@@ -569,6 +569,7 @@ class NextCategoryConfig(dg.Config):
     max_epochs: int = NEXT_CATEGORY_PARAMS.max_epochs
     max_train_rows: int = NEXT_CATEGORY_PARAMS.max_train_rows
     hidden_size: int = NEXT_CATEGORY_PARAMS.hidden_size
+    batch_size: int = NEXT_CATEGORY_PARAMS.batch_size
     seed: int = 0
     min_gain: float = 0.0
     confidence: float = 0.95
@@ -597,6 +598,7 @@ def next_category_model(
         max_epochs=config.max_epochs,
         max_train_rows=config.max_train_rows,
         hidden_size=config.hidden_size,
+        batch_size=config.batch_size,
     )
     trained = train_category_model(data, params, seed=config.seed)
     context.log.info(
@@ -662,6 +664,7 @@ class BehaviourEncoderConfig(dg.Config):
     max_rows: int = ENCODER_PARAMS.max_rows
     hidden_size: int = ENCODER_PARAMS.hidden_size
     embedding_dim: int = ENCODER_PARAMS.embedding_dim
+    batch_size: int = ENCODER_PARAMS.batch_size
     seed: int = 0
 
 
@@ -687,6 +690,7 @@ def behaviour_encoder(
         max_rows=config.max_rows,
         hidden_size=config.hidden_size,
         embedding_dim=config.embedding_dim,
+        batch_size=config.batch_size,
         seed=config.seed,
     )
     encoder = pretrain_encoder(data, params)

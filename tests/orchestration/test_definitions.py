@@ -38,3 +38,16 @@ def test_assets_are_grouped_by_stage_and_dbt_tests_are_checks() -> None:
     assert dg.AssetKey(["raw", "events"]) in upstream
     check_keys = {key.asset_key.to_user_string() for key in graph.asset_check_keys}
     assert {"marts/user_features", "marts/labels", "marts/user_sequences"} <= check_keys
+
+
+def test_the_gpu_run_config_example_is_valid_for_the_training_jobs() -> None:
+    """docs/examples/gpu_training.yaml names real ops and config keys of both jobs that train."""
+    import yaml
+
+    from orchestration.defs.jobs import full_pipeline_job, nightly_retraining_job
+
+    config = yaml.safe_load((PROJECT_ROOT / "docs/examples/gpu_training.yaml").read_text())
+    for job in (full_pipeline_job(), nightly_retraining_job()):
+        result = dg.validate_run_config(job, config)
+        assert result["ops"]["training__seq_study"]["config"]["max_train_rows"] == 0
+        assert result["ops"]["training__behaviour_encoder"]["config"]["batch_size"] == 8192

@@ -48,7 +48,7 @@ from ml.splits import SplitData
 @dataclass
 class PretrainParams:
     """The encoder's size (a purchase-model trial with pretrained=True takes the same) and the
-    pretraining budget: max_epochs passes over at most max_rows sequences."""
+    pretraining budget: max_epochs passes over at most max_rows sequences (0: all of them)."""
 
     hidden_size: int = 64
     embedding_dim: int = 16
@@ -210,7 +210,8 @@ def pretrain_encoder(
     if 0 < params.max_rows < len(train_rows):
         keep = np.sort(rng.choice(len(train_rows), size=params.max_rows, replace=False))
         train_rows = train_rows.iloc[keep].reset_index(drop=True)
-    held_out_rows = held_out_rows.head(max(params.max_rows // 5, 1))
+    if params.max_rows > 0:  # 0: every sequence, held-out users' ones included
+        held_out_rows = held_out_rows.head(max(params.max_rows // 5, 1))
     train = sequence_tensors(train_rows, params.seq_params())
     held_out = sequence_tensors(held_out_rows, params.seq_params()).to(device)
     held_out_max = int(held_out.categories.max()) if len(held_out) else 0
