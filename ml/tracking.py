@@ -43,7 +43,7 @@ WORKER_TAG = "worker"
 # the PythonModel is pickled by reference). Listed rather than inferred: MLflow's inference runs
 # the model in a subprocess and takes seconds per model.
 MODEL_REQUIREMENTS = ("mlflow", "xgboost", "numpy", "pandas", "cloudpickle")
-# What each role of time is used for, in the model card and README's words.
+# What each role of time is used for, in the model card and docs/models.md's words.
 ROLE_USES = {
     "train": "fitting (resampling touches only these rows)",
     "validation": "Optuna's objective, early stopping, the decision threshold and calibration",

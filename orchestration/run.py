@@ -8,6 +8,7 @@ orchestration/instance.py) let one step at a time hold the warehouse or the CPUs
 
 import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -182,18 +183,24 @@ def main() -> int:
             print(f"full_pipeline failed (run {result.run_id}); see `make ui` for the logs.")
             return 1
         print(f"\nfull_pipeline succeeded (run {result.run_id})")
-        print(f"Warehouse: {settings.warehouse_path()}")
-        print(f"  pseudonyms: {pseudonym_mode()}")
-        print("\n".join(warehouse_summary()))
-        print(
-            f"MLflow: {settings.mlflow_tracking_uri()} "
-            f"(artifacts in {settings.mlflow_artifacts_dir()})"
-        )
-        print("\n".join(model_summary(instance)))
-        print("\n".join(next_category_summary(instance)))
-    print(f"Optuna storage: {settings.optuna_storage()}")
-    print(f"Dagster instance: {home}  (browse all of it with `make ui`)")
+        print("\n".join(run_summary(instance, home)))
     return 0
+
+
+def run_summary(instance: dg.DagsterInstance, home: Path) -> list[str]:
+    """What a run left where: the warehouse's tables, the models with their intervals and gate
+    decisions, the next-category model and the stores (`make run` and `propensity summary`)."""
+    return [
+        f"Warehouse: {settings.warehouse_path()}",
+        f"  pseudonyms: {pseudonym_mode()}",
+        *warehouse_summary(),
+        f"MLflow: {settings.mlflow_tracking_uri()} "
+        f"(artifacts in {settings.mlflow_artifacts_dir()})",
+        *model_summary(instance),
+        *next_category_summary(instance),
+        f"Optuna storage: {settings.optuna_storage()}",
+        f"Dagster instance: {home}  (browse all of it with `make ui`)",
+    ]
 
 
 if __name__ == "__main__":

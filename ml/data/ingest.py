@@ -210,7 +210,7 @@ def ingest_file(
         stage_sql = _synthetic_stage_sql(con, path, ingested_at, plausibility)
     else:
         spec = CSV_SOURCES[source]
-        layout = _read_csv_layout(path, spec)
+        layout = read_csv_layout(path, spec)
         stage_sql = _csv_stage_sql(spec, layout, ingested_at, plausibility)
     content_sha256 = _sha256(path)
     seen = _scalar(
@@ -617,7 +617,7 @@ class _CsvLayout:
     has_header: bool
 
 
-def _read_csv_layout(path: Path, spec: CsvSource) -> _CsvLayout:
+def read_csv_layout(path: Path, spec: CsvSource) -> _CsvLayout:
     """Read the header (or decide there is none) and check it has the columns we need."""
     with path.open("rb") as f:
         first_line = f.readline().decode("utf-8", errors="replace")

@@ -43,7 +43,7 @@ ingest_landing = dg.define_asset_job(
 
 backfill_days = dg.define_asset_job(
     "backfill_days",
-    # Unpartitioned on purpose (see docs/readme_drafts/operations.md): the day range is in the
+    # Unpartitioned on purpose (see docs/operations.md, backfilling): the day range is in the
     # run config of landing/synthetic_events (start_day, days) or in the files given to raw/events,
     # and dbt rebuilds every cutoff, so the range's features, labels and sequences are rebuilt.
     selection=dg.AssetSelection.assets(SYNTHETIC_EVENTS, RAW_EVENTS)

@@ -4,8 +4,9 @@ Playwright never downloads a browser here: it starts /usr/bin/chromium with the 
 without internet needs (no background networking, updates, sync or QUIC, so Chromium does not
 try to reach Google at every start) and a fresh profile folder in the test's tmp folder.
 Screenshots are test artifacts in test-artifacts/screenshots/ (gitignored; a failed test leaves
-failed-<test>.png there). The README's copies in docs/screenshots/ are refreshed only when asked:
-`PROPENSITY_PUBLISH_SCREENSHOTS=1 make test`, so a test run never changes tracked files.
+failed-<test>.png there). The copies in docs/screenshots/ (README, docs/ui.md) are refreshed
+only when asked: `PROPENSITY_PUBLISH_SCREENSHOTS=1 make test`, so a test run never changes
+tracked files.
 """
 
 from __future__ import annotations

@@ -181,3 +181,16 @@ def test_a_loader_gathers_batches_on_the_device_cut_to_a_few_widths() -> None:
         assert torch.equal(static, tensors.static[at])
         widths.add(expected)
     assert widths <= set(range(WIDTH_STEP, width + 1, WIDTH_STEP)) | {width}
+
+
+def test_a_loader_over_no_rows_yields_no_batch() -> None:
+    """A role can hold no row with a target (the category model's validation on a tiny file)."""
+    empty = SequenceTensors(
+        event_types=torch.zeros((0, 50), dtype=torch.uint8),
+        categories=torch.zeros((0, 50), dtype=torch.int32),
+        continuous=torch.zeros((0, 50, 4)),
+        lengths=torch.zeros(0, dtype=torch.int64),
+        static=torch.zeros((0, 3)),
+    )
+    assert list(make_loader(empty, 64, torch.device("cpu"))) == []
+    assert list(make_loader(empty, 64, torch.device("cpu"), shuffle_seed=0)) == []

@@ -312,6 +312,8 @@ def batch_rows(
     little more than they need; the rows of a batch are still a random draw from its bucket.
     Not shuffled: `order` (a permutation), or the rows as they are.
     """
+    if len(lengths) == 0:
+        return []
     if generator is None:
         rows = order if order is not None else torch.arange(len(lengths))
         return list(rows.split(batch_size))

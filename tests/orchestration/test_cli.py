@@ -1,0 +1,213 @@
+"""`propensity`, the command for one's own event files: its help, its pre-flight refusals with
+advice, and a whole small run on a Taobao-format file that ends with the summary (and the same
+summary again from `propensity summary`). The installed console script is run, as a user runs
+it, each in its own state folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from ml.preflight import (
+    EventSpan,
+    PreflightError,
+    Windows,
+    cutoff_grid,
+    event_span,
+    format_interval,
+    parse_interval,
+    utc_offset,
+)
+from tests.conftest import query
+from tests.ml.test_logistic_baseline import write_taobao_file
+
+PROPENSITY = Path(sys.executable).parent / "propensity"
+REES46_SAMPLE = "rees46_oct2019_head/events.csv"
+TAOBAO_WINDOWS = Windows("1 day", "4 days", "1 day", "Asia/Shanghai")
+
+
+def propensity(*args: str, home: Path, development: bool = True) -> subprocess.CompletedProcess:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("PROPENSITY_") and key not in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI")
+    }
+    if development:  # generated and public data: the development salt will do
+        env["PROPENSITY_DEVELOPMENT"] = "1"
+    return subprocess.run(
+        [str(PROPENSITY), *args], cwd=home, env=env, capture_output=True, text=True
+    )
+
+
+def test_help_documents_every_option_with_its_default(tmp_path: Path) -> None:
+    top = propensity("--help", home=tmp_path)
+    assert top.returncode == 0 and "run" in top.stdout and "summary" in top.stdout
+    run = propensity("run", "--help", home=tmp_path)
+    assert run.returncode == 0
+    text = " ".join(run.stdout.split())
+    for option, default in (
+        ("--cutoff-step", "1 day"),
+        ("--lookback", "30 days"),
+        ("--horizon", "7 days"),
+        ("--timezone", "UTC"),
+        ("--budget", "default"),
+        ("--validation-cutoffs", "3"),
+        ("--promotion-cutoffs", "3"),
+    ):
+        assert option in text and f"(default: {default})" in text
+    for option in ("--source", "--path", "--state"):
+        assert option in text
+    assert "{synthetic,rees46,retailrocket,taobao}" in text
+
+
+def test_too_few_cutoffs_are_refused_before_anything_is_written(
+    tmp_path: Path, shared_datasets: Path
+) -> None:
+    """README's old REES46 example: 2 h 50 min of events with hourly cutoffs hold 3 cutoffs,
+    and the roles need 8. The refusal says so and what would do, and writes nothing."""
+    state = tmp_path / "state"
+    result = propensity(
+        "run",
+        "--source",
+        "rees46",
+        "--path",
+        str(shared_datasets / REES46_SAMPLE),
+        "--cutoff-step",
+        "1 hour",
+        "--lookback",
+        "2 hours",
+        "--horizon",
+        "1 hour",
+        "--state",
+        str(state),
+        home=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "cannot train on these files" in result.stderr
+    assert "need at least 8 consecutive cutoffs" in result.stderr
+    assert "there are 3 cutoffs" in result.stderr
+    assert "give more days of events" in result.stderr
+    assert not state.exists()
+
+
+def test_without_a_pseudonym_key_nothing_is_read(tmp_path: Path, shared_datasets: Path) -> None:
+    result = propensity(
+        "run",
+        "--source",
+        "rees46",
+        "--path",
+        str(shared_datasets / REES46_SAMPLE),
+        "--state",
+        str(tmp_path / "state"),
+        home=tmp_path,
+        development=False,
+    )
+    assert result.returncode == 2
+    assert "PROPENSITY_PSEUDONYM_SALT is not set" in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_roles_without_a_purchase_are_refused(tmp_path: Path, shared_datasets: Path) -> None:
+    """Half-hour windows fit the sample's span, but its early windows hold no purchase."""
+    result = propensity(
+        "run",
+        "--source",
+        "rees46",
+        "--path",
+        str(shared_datasets / REES46_SAMPLE),
+        "--cutoff-step",
+        "30 minutes",
+        "--lookback",
+        "2 hours",
+        "--horizon",
+        "30 minutes",
+        "--validation-cutoffs",
+        "1",
+        "--promotion-cutoffs",
+        "1",
+        "--state",
+        str(tmp_path / "state"),
+        home=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "The train role's label windows" in result.stderr
+    assert "hold no purchase, so there is nothing to learn from" in result.stderr
+
+
+def test_a_small_run_on_a_taobao_file_ends_with_the_summary(tmp_path: Path) -> None:
+    path = write_taobao_file(tmp_path / "UserBehavior.csv", seed=0)
+    state = tmp_path / "shop"
+    result = propensity(
+        "run",
+        "--source",
+        "taobao",
+        "--path",
+        str(path),
+        "--cutoff-step",
+        TAOBAO_WINDOWS.cutoff_step,
+        "--lookback",
+        TAOBAO_WINDOWS.lookback,
+        "--horizon",
+        TAOBAO_WINDOWS.horizon,
+        "--timezone",
+        TAOBAO_WINDOWS.timezone,
+        "--state",
+        str(state),
+        "--budget",
+        "small",
+        home=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    out = result.stdout
+    assert "Pre-flight: " in out and "3 validation, 3 promotion cutoffs" in out
+    assert "propensity run succeeded" in out
+    champion = next(line for line in out.splitlines() if "purchase-propensity@champion" in line)
+    for expected in ("predictions.intervention_targets", "next-category", "promotion window"):
+        assert expected in out
+    warehouse = state / "warehouse.duckdb"
+    lines = len(path.read_text().splitlines())
+    assert query(warehouse, "select count(*) from raw.events")[0][0] == lines
+    assert query(warehouse, "select count(*) from predictions.intervention_targets")[0][0] > 0
+
+    # The pre-flight's cutoff grid is the one dbt built.
+    built = query(
+        warehouse,
+        "select cutoff_time, horizon_complete, lookback_complete from marts.cutoffs order by 1",
+    )
+    grid = cutoff_grid(event_span("taobao", [path]), TAOBAO_WINDOWS)
+    assert built == [
+        (row.cutoff_time.to_pydatetime(), row.horizon_complete, row.lookback_complete)
+        for row in grid.itertuples()
+    ]
+
+    summary = propensity("summary", "--state", str(state), home=tmp_path)
+    assert summary.returncode == 0, summary.stderr
+    assert champion in summary.stdout
+    nothing = propensity("summary", "--state", str(tmp_path / "empty"), home=tmp_path)
+    assert nothing.returncode == 2 and "nothing has run" in nothing.stderr
+
+
+def test_intervals_and_timezones_read_as_dbt_reads_them() -> None:
+    assert parse_interval("4 days") == parse_interval("96 hours")
+    assert format_interval(parse_interval("120 minutes")) == "2 hours"
+    assert format_interval(parse_interval("1 day")) == "1 day"
+    with pytest.raises(PreflightError, match="number and a unit"):
+        parse_interval("fortnight")
+    at = datetime(2020, 1, 1)
+    assert utc_offset("Asia/Shanghai", at) == utc_offset("+08:00", at)
+    assert utc_offset("UTC", at).total_seconds() == 0
+    with pytest.raises(PreflightError, match="Unknown timezone"):
+        utc_offset("Mars/Olympus", at)
+    span = EventSpan(datetime(2020, 1, 1, 5), datetime(2020, 1, 3, 5), 10)
+    with pytest.raises(PreflightError, match="must divide one day"):
+        cutoff_grid(span, Windows("7 hours", "7 hours", "7 hours"))
+    grid = cutoff_grid(span, Windows("1 day", "1 day", "1 day", "+08:00"))
+    # Local midnights (16:00 UTC) from the first after the first event to the first after the
+    # last: Jan 1 16:00, Jan 2 16:00, Jan 3 16:00 UTC.
+    assert [t.hour for t in grid["cutoff_time"]] == [16, 16, 16]
+    assert list(grid["horizon_complete"]) == [True, False, False]
