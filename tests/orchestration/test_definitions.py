@@ -51,3 +51,22 @@ def test_the_gpu_run_config_example_is_valid_for_the_training_jobs() -> None:
         result = dg.validate_run_config(job, config)
         assert result["ops"]["training__seq_study"]["config"]["max_train_rows"] == 0
         assert result["ops"]["training__behaviour_encoder"]["config"]["batch_size"] == 8192
+
+
+def test_every_job_runs_on_the_preloading_forkserver_unless_told_otherwise() -> None:
+    """UI, schedule and sensor runs get the preloading executor from the jobs themselves; a
+    run config can still ask for in-process execution (`make run`, `propensity run`)."""
+    from orchestration.defs import jobs
+
+    for make_job in (
+        jobs.full_pipeline_job,
+        jobs.nightly_retraining_job,
+        jobs.ingest_landing_job,
+        jobs.backfill_days_job,
+    ):
+        job = make_job()
+        executor = dg.validate_run_config(job, {})["execution"]["multi_or_in_process_executor"]
+        start = executor["multiprocess"]["start_method"]["forkserver"]
+        assert start["preload_modules"] == jobs.PRELOAD_MODULES
+        chosen = dg.validate_run_config(job, jobs.in_process_execution())["execution"]
+        assert "in_process" in chosen["multi_or_in_process_executor"]
