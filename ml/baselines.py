@@ -97,7 +97,12 @@ def fit_logistic_regression(
     pipeline = Pipeline(
         [
             ("log", FunctionTransformer(signed_log1p, feature_names_out="one-to-one")),
-            ("impute", SimpleImputer(strategy="median", add_indicator=True)),
+            # A source without a column (Taobao has no prices) keeps it as a constant, which
+            # the scaler turns into zeros, instead of a warning on every fit and transform.
+            (
+                "impute",
+                SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+            ),
             ("scale", StandardScaler()),
             ("clip", FunctionTransformer(clip_standardized, feature_names_out="one-to-one")),
             ("model", LogisticRegression(C=LOGISTIC_C, max_iter=5_000, random_state=seed)),

@@ -221,11 +221,13 @@ def _execute(args: argparse.Namespace, windows: Windows, paths: list[Path]) -> i
     import dagster as dg
 
     from orchestration.defs.jobs import in_process_execution, nightly_retraining_job
+    from orchestration.defs.progress import PROGRESS_LOGGING, quiet_libraries
     from orchestration.defs.schedules import DBT_OP
     from orchestration.instance import prepare_dagster_home
     from orchestration.recovery import fail_dead_runs
     from orchestration.run import run_summary
 
+    quiet_libraries()
     home = prepare_dagster_home()
     run_config = {
         "ops": {
@@ -249,6 +251,7 @@ def _execute(args: argparse.Namespace, windows: Windows, paths: list[Path]) -> i
             }
         },
         **in_process_execution(),
+        **PROGRESS_LOGGING,
     }
     with dg.DagsterInstance.get() as instance:
         fail_dead_runs(instance)  # a killed earlier run must not hold the pools

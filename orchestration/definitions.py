@@ -11,6 +11,7 @@ import dagster as dg
 @dg.definitions
 def defs() -> dg.Definitions:
     from orchestration.defs import checks, features, ingest, jobs, scoring, sensors, training
+    from orchestration.defs.progress import LOGGERS
     from orchestration.defs.resources import build_resources
     from orchestration.defs.schedules import build_nightly_schedule
 
@@ -33,4 +34,6 @@ def defs() -> dg.Definitions:
         schedules=[build_nightly_schedule()],
         sensors=[sensors.build_landing_sensor()],
         resources=build_resources(),
+        # Dagster's console logger by default; the progress view when a run config asks.
+        loggers=LOGGERS,
     )

@@ -23,6 +23,7 @@ from ml.next_category.evaluation import CATEGORY_MODEL_NAME
 from ml.registry import CHAMPION, MODEL_NAME, newest_versions_by_family
 from orchestration.defs.ingest import SyntheticEventsConfig
 from orchestration.defs.jobs import CUTOFF_TAG, full_pipeline_job, in_process_execution
+from orchestration.defs.progress import PROGRESS_LOGGING, quiet_libraries
 from orchestration.defs.schedules import DBT_OP, cutoff_text
 from orchestration.instance import prepare_dagster_home
 from orchestration.recovery import fail_dead_runs
@@ -164,6 +165,7 @@ def demo_cutoff() -> datetime:
 
 
 def main() -> int:
+    quiet_libraries()
     home = prepare_dagster_home()  # DAGSTER_HOME with the warehouse pool limit
     with dg.DagsterInstance.get() as instance:
         fail_dead_runs(instance)  # a killed earlier run must not hold the pools
@@ -175,6 +177,7 @@ def main() -> int:
             run_config={
                 "ops": {DBT_OP: {"config": {"as_of": cutoff_text(demo_cutoff())}}},
                 **in_process_execution(),
+                **PROGRESS_LOGGING,
             },
             tags={CUTOFF_TAG: demo_cutoff().isoformat()},
             raise_on_error=False,

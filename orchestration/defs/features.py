@@ -1,12 +1,19 @@
 """Features: the dbt project (staging -> intermediate -> marts) as assets, its tests as checks."""
 
+import contextlib
+import io
 import json
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DagsterDbtTranslatorSettings,
+    DbtCliResource,
+    dbt_assets,
+)
 
 from ml import settings
 from ml.data.pseudonyms import MissingSaltError, pseudonym_mode, pseudonym_salt, salt_is_set
@@ -45,7 +52,11 @@ class FeatureTranslator(DagsterDbtTranslator):
 
 @dbt_assets(
     manifest=dbt_project.manifest_path,
-    dagster_dbt_translator=FeatureTranslator(),
+    # The tests on the raw.events source are checks of raw/events, like the models' tests of
+    # theirs (otherwise dagster-dbt runs them anyway and warns once per test).
+    dagster_dbt_translator=FeatureTranslator(
+        settings=DagsterDbtTranslatorSettings(enable_source_tests_as_checks=True)
+    ),
     pool=WAREHOUSE_POOL,  # dbt writes the warehouse: one writer per DuckDB file
 )
 def warehouse_dbt_models(
@@ -64,4 +75,28 @@ def warehouse_dbt_models(
     # ml.settings resolved, so PROPENSITY_HOME and PROPENSITY_WAREHOUSE mean the same to both.
     os.environ["PROPENSITY_WAREHOUSE"] = str(settings.warehouse_path())
     dbt_vars = json.dumps(config.model_dump())
-    yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
+    # dbt's own lines go to the run's debug log, not the terminal: `make run` and `propensity
+    # run` show a progress view (INFO and above); the instance keeps everything.
+    dbt_lines = DebugLines(context.log)
+    with contextlib.redirect_stdout(dbt_lines):
+        yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
+    dbt_lines.flush()
+
+
+class DebugLines(io.TextIOBase):
+    """A text stream whose lines become debug messages of a Dagster log."""
+
+    def __init__(self, log: Any) -> None:
+        self.log, self.pending = log, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if line.strip():
+                self.log.debug(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending.strip():
+            self.log.debug(self.pending)
+        self.pending = ""

@@ -78,6 +78,7 @@ from ml.study import (
     tune,
 )
 from ml.tracking import DEFAULT_EXPERIMENT, WORKER_TAG, configure_mlflow, end_orphaned_runs
+from orchestration.defs.links import mlflow_links
 from orchestration.defs.resources import TRAINING_POOL, WAREHOUSE_POOL, TimeRolesResource
 
 SPLIT_MARTS = [
@@ -256,6 +257,7 @@ def build_study_asset(family: ModelFamily) -> dg.AssetsDefinition:
                 "device": family.device(),
                 "optuna_storage": settings.optuna_storage(),
                 "mlflow_parent_run_id": parent.info.run_id,
+                **mlflow_links(parent.info.run_id),
                 "snapshot_id": snapshot_id,
                 **split_metadata(data),
             }
@@ -284,6 +286,7 @@ def final_model_metadata(
         "model_name": MODEL_NAME,
         "model_version": version,
         "mlflow_run_id": run_id,
+        **mlflow_links(run_id, MODEL_NAME, version),
         "threshold": evaluation.thresholds[evaluation.model],
         "calibration_method": evaluation.calibrator.method,
         "mean_score": evaluation.mean_score,
@@ -542,6 +545,7 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig) -> dg.Ma
     return dg.MaterializeResult(
         metadata={
             "champion_version": champion_version or "none",
+            **mlflow_links(model_name=MODEL_NAME, version=champion_version),
             "versions_judged": ", ".join(versions),
             "promoted": any(d.promoted for d in decisions),
             "decisions": dg.MetadataValue.md(table.to_markdown(index=False)),
@@ -637,6 +641,7 @@ def next_category_model(
             "model_name": CATEGORY_MODEL_NAME,
             "model_version": logged.version,
             "mlflow_run_id": run.info.run_id,
+            **mlflow_links(run.info.run_id, CATEGORY_MODEL_NAME, logged.version),
             "promoted": decision.promoted,
             "decision": decision.reason,
             "best_baseline": evaluation.best_baseline,
@@ -723,6 +728,7 @@ def behaviour_encoder(
             "model_name": ENCODER_MODEL_NAME,
             "model_version": version,
             "mlflow_run_id": run.info.run_id,
+            **mlflow_links(run.info.run_id, ENCODER_MODEL_NAME, version),
             "path": dg.MetadataValue.path(str(settings.encoder_path())),
             "curves": dg.MetadataValue.json(encoder.history),
             "pretrain_rows": encoder.train_rows,

@@ -6,6 +6,7 @@ it, each in its own state folder."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -166,6 +167,10 @@ def test_a_small_run_on_a_taobao_file_ends_with_the_summary(tmp_path: Path) -> N
     out = result.stdout
     assert "Pre-flight: " in out and "3 validation, 3 promotion cutoffs" in out
     assert "propensity run succeeded" in out
+    # A progress view, not Dagster's DEBUG stream or dbt's lines (the instance keeps those).
+    assert " - DEBUG - " not in out and " START sql table model " not in out
+    assert re.search(r"^\[ *\d+:\d\d\] training/seq_study done in ", out, re.MULTILINE)
+    assert re.search(r"^\[ *\d+:\d\d\]   trial 1 \(2/2 this run\)", out, re.MULTILINE)
     champion = next(line for line in out.splitlines() if "purchase-propensity@champion" in line)
     for expected in ("predictions.intervention_targets", "next-category", "promotion window"):
         assert expected in out

@@ -180,6 +180,14 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
         second = client.get_model_version("purchase-propensity", "2").tags
         winner = "2" if float(second["pr_auc_difference_lower_bound"]) > 0 else "1"
         assert promotion["champion_version"] == winner
+        # Each training asset links to its MLflow run and registry version.
+        assert promotion["mlflow_model_version"].endswith(
+            f"/#/models/purchase-propensity/versions/{winner}"
+        )
+        assert seq["mlflow_run"].endswith(f"/runs/{seq['mlflow_run_id']}")
+        assert seq["mlflow_model_version"].endswith(f"/versions/{seq['model_version']}")
+        assert encoder["mlflow_model_version"].endswith("/models/behaviour-encoder/versions/1")
+        assert seq_study["mlflow_run"].startswith("http://127.0.0.1:")
         raw_ids = raw_user_ids(project_home / "warehouse.duckdb")
         dagster_folders = [Path(instance.root_directory), *dbt_run_folders(result.run_id)]
         assert files_holding(dagster_folders, salt, raw_ids) == {}
