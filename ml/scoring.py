@@ -26,6 +26,7 @@ import pandas as pd
 
 from ml.dataset import KEY_COLUMNS, load_category_names, load_scoring_frame
 from ml.next_category.serving import CategoryRanking, choose_actions, rank_categories
+from ml.reasons import describe_feature
 from ml.registry import MODEL_NAME, predict_frame
 
 CHAMPION_ALIAS = "champion"
@@ -114,7 +115,8 @@ def top_drivers(
     contributions: pd.DataFrame, features: pd.DataFrame, n: int = 3
 ) -> list[list[str | None]]:
     """The n features with the largest positive contribution per row, each with the
-    shopper's value and what it did, e.g. "carts_7d = 3 (raises the score, +0.42)";
+    shopper's value in words and what it did, e.g. "carted 3 items in the last 7 days (raises
+    the score, +0.42)" (`ml.reasons`);
     None where fewer than n features raised the score."""
     columns = np.array(contributions.columns)
     order = np.argsort(-contributions.to_numpy(), axis=1)[:, :n]
@@ -132,8 +134,7 @@ def top_drivers(
 
 
 def _driver_text(name: str, value: float, push: float) -> str:
-    shown = "missing" if np.isnan(value) else f"{value:.4g}"
-    return f"{name} = {shown} (raises the score, {push:+.2f})"
+    return f"{describe_feature(name, value)} (raises the score, {push:+.2f})"
 
 
 def category_rows(
@@ -162,12 +163,37 @@ def category_rows(
     )
 
 
+RANK_GOALS = ("propensity", "open_carts_first")
+
+
+def choose_targets(
+    propensity: pd.DataFrame, features: pd.DataFrame, top_k: int, rank_by: str = "propensity"
+) -> pd.DataFrame:
+    """The intervention list's rows of `propensity`, in list order: the top_k highest scores
+    (rank_by="propensity"), or shoppers with an open cart first, each group by score
+    ("open_carts_first": a shop whose goal is to win back carts)."""
+    if rank_by not in RANK_GOALS:
+        raise ValueError(f"rank_by must be one of {RANK_GOALS}, got {rank_by!r}")
+    n = min(top_k, len(propensity))
+    if rank_by == "propensity":
+        return propensity.nlargest(n, "score", keep="first")
+    open_cart = features["has_open_cart"].fillna(0).to_numpy() > 0.5
+    # lexsort's last key sorts first: open carts, then the highest score (stable for ties).
+    order = np.lexsort((-propensity["score"].to_numpy(), ~open_cart))
+    return propensity.iloc[order[:n]]
+
+
 def score_latest_cutoff(
-    warehouse: Path, tracking_uri: str, top_k: int = 100, model_alias: str = CHAMPION_ALIAS
+    warehouse: Path,
+    tracking_uri: str,
+    top_k: int = 100,
+    model_alias: str = CHAMPION_ALIAS,
+    rank_by: str = "propensity",
 ) -> ScoringSummary:
     """Scores the latest cutoff with `models:/purchase-propensity@<alias>` and writes the
-    predictions tables (see `write_predictions`). Re-scoring the same cutoff replaces that
-    cutoff's rows; the served history keeps other versions' and other cutoffs' rows."""
+    predictions tables (see `write_predictions`); the intervention list follows `rank_by`
+    (`choose_targets`). Re-scoring the same cutoff replaces that cutoff's rows; the served
+    history keeps other versions' and other cutoffs' rows."""
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias(MODEL_NAME, model_alias)
@@ -194,7 +220,7 @@ def score_latest_cutoff(
         }
     )
 
-    top = propensity.nlargest(min(top_k, len(propensity)), "score", keep="first")
+    top = choose_targets(propensity, features, top_k, rank_by)
     drivers = [[None, None, None]] * len(top)
     if hasattr(python_model, "contributions"):
         top_features = features.loc[top.index]

@@ -10,7 +10,16 @@ import dagster as dg
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    from orchestration.defs import checks, features, ingest, jobs, scoring, sensors, training
+    from orchestration.defs import (
+        checks,
+        features,
+        ingest,
+        jobs,
+        reporting,
+        scoring,
+        sensors,
+        training,
+    )
     from orchestration.defs.progress import LOGGERS
     from orchestration.defs.resources import build_resources
     from orchestration.defs.schedules import build_nightly_schedule
@@ -28,6 +37,7 @@ def defs() -> dg.Definitions:
             training.next_category_model,
             scoring.propensity_scores,
             scoring.served_performance_monitor,
+            reporting.run_report,
         ],
         asset_checks=checks.ASSET_CHECKS,
         jobs=[jobs.full_pipeline, jobs.nightly_retraining, jobs.ingest_landing, jobs.backfill_days],

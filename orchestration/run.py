@@ -24,7 +24,14 @@ from ml.registry import CHAMPION, MODEL_NAME, newest_versions_by_family
 from orchestration.defs.ingest import SyntheticEventsConfig
 from orchestration.defs.jobs import CUTOFF_TAG, full_pipeline_job, in_process_execution
 from orchestration.defs.progress import PROGRESS_LOGGING, quiet_libraries
+from orchestration.defs.reporting import (
+    CHAMPION_KEY,
+    REPORT_KEY,
+    latest_metadata,
+    metric_with_interval,
+)
 from orchestration.defs.schedules import DBT_OP, cutoff_text
+from orchestration.defs.training import NEXT_CATEGORY_KEY
 from orchestration.instance import prepare_dagster_home
 from orchestration.recovery import fail_dead_runs
 
@@ -56,14 +63,6 @@ def warehouse_summary() -> list[str]:
     return lines
 
 
-def latest_metadata(instance: dg.DagsterInstance, *key: str) -> dict:
-    """The metadata of an asset's latest materialization (empty when there is none)."""
-    event = instance.get_latest_materialization_event(dg.AssetKey(list(key)))
-    if event is None or event.asset_materialization is None:
-        return {}
-    return {name: value.value for name, value in event.asset_materialization.metadata.items()}
-
-
 def model_summary(instance: dg.DagsterInstance) -> list[str]:
     """The champion; each family's newest version with its promotion-window PR-AUC (95 %
     interval, users resampled), calibrated mean score beside the observed buyer rate and gate
@@ -78,7 +77,7 @@ def model_summary(instance: dg.DagsterInstance) -> list[str]:
     for family, number in sorted(newest.items(), key=lambda kv: int(kv[1])):
         version: ModelVersion = client.get_model_version(MODEL_NAME, number)
         metrics = client.get_run(version.run_id).data.metrics
-        pr_auc = _with_interval(metrics, "promotion_pr_auc")
+        pr_auc = metric_with_interval(metrics, "promotion_pr_auc")
         lines.append(
             f"  {family} v{number}: promotion-window PR-AUC {pr_auc}"
             f"; mean score {metrics.get('promotion_mean_score', float('nan')):.4f} vs buyer rate "
@@ -90,13 +89,13 @@ def model_summary(instance: dg.DagsterInstance) -> list[str]:
         )
     baselines = client.get_run(client.get_model_version(MODEL_NAME, champion.version).run_id)
     shown = [
-        f"{name} {_with_interval(baselines.data.metrics, f'promotion_{name}_pr_auc')}"
+        f"{name} {metric_with_interval(baselines.data.metrics, f'promotion_{name}_pr_auc')}"
         for name in ("logistic_regression", "recency_frequency", "base_rate")
         if f"promotion_{name}_pr_auc" in baselines.data.metrics
     ]
     if shown:
         lines.append("  baselines (promotion-window PR-AUC): " + ", ".join(shown))
-    gate = latest_metadata(instance, "training", "champion")
+    gate = latest_metadata(instance, CHAMPION_KEY)
     for row in gate.get("family_differences", []):
         lines.append(
             f"  {row['comparison']}: PR-AUC difference {row['pr_auc_difference']:+.4f} "
@@ -109,7 +108,7 @@ def model_summary(instance: dg.DagsterInstance) -> list[str]:
         )
     for family in all_families():
         study = f"{family.asset_prefix}_study"
-        metadata = latest_metadata(instance, "training", study)
+        metadata = latest_metadata(instance, dg.AssetKey(["training", study]))
         if metadata.get("timed_out"):
             lines.append(
                 f"  WARNING: {study} hit its timeout_s safety net after "
@@ -121,7 +120,7 @@ def model_summary(instance: dg.DagsterInstance) -> list[str]:
 def next_category_summary(instance: dg.DagsterInstance) -> list[str]:
     """The next-category model against its baselines (Recall@10, NDCG@10, MRR with intervals),
     its gate decision, and the actions on the intervention list."""
-    metadata = latest_metadata(instance, "training", "next_category_model")
+    metadata = latest_metadata(instance, NEXT_CATEGORY_KEY)
     if not metadata:
         return []
     lines = [
@@ -146,14 +145,6 @@ def next_category_summary(instance: dg.DagsterInstance) -> list[str]:
     shown = ", ".join(f"{action} {count}" for action, count in actions)
     lines.append(f"  intervention list actions: {shown} (categories from {source})")
     return lines
-
-
-def _with_interval(metrics: dict[str, float], name: str) -> str:
-    if name not in metrics:
-        return "n/a"
-    low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
-    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
-    return f"{metrics[name]:.3f}{interval}"
 
 
 def demo_cutoff() -> datetime:
@@ -201,6 +192,7 @@ def run_summary(instance: dg.DagsterInstance, home: Path) -> list[str]:
         f"(artifacts in {settings.mlflow_artifacts_dir()})",
         *model_summary(instance),
         *next_category_summary(instance),
+        f"Report: {latest_metadata(instance, REPORT_KEY).get('path', 'none yet')}",
         f"Optuna storage: {settings.optuna_storage()}",
         f"Dagster instance: {home}  (browse all of it with `make ui`)",
     ]

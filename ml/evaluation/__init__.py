@@ -26,6 +26,7 @@ from ml.evaluation.metrics import (
     evaluate,
 )
 from ml.evaluation.plots import (
+    lift_by_decile,
     save_calibration_comparison_plot,
     save_evaluation_plots,
     save_feature_importance_plot,
@@ -48,6 +49,7 @@ __all__ = [
     "fit_calibrator",
     "paired_differences",
     "save_calibration_comparison_plot",
+    "lift_by_decile",
     "save_evaluation_plots",
     "save_feature_importance_plot",
     "save_shap_summary_plot",

@@ -70,7 +70,39 @@ def save_evaluation_plots(
     )
     axes.set_title(f"Confusion matrix at threshold {threshold:.3g}: {model_name}")
     paths.append(_save(figure, out_dir / "confusion_matrix.png"))
+    paths.append(save_lift_plot(y, s, out_dir / "lift.png", model_name))
     return paths
+
+
+def lift_by_decile(y_true: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    """Buyer rate per score decile (decile 1 = the highest-scored tenth) over the overall buyer
+    rate: how many times more buyers a shop reaches by targeting that tenth."""
+    y, s = as_arrays(y_true, scores)
+    order = np.argsort(-s, kind="stable")
+    deciles = np.array_split(order, 10)
+    overall = max(float(y.mean()), 1e-12)
+    return pd.DataFrame(
+        {
+            "decile": np.arange(1, 11),
+            "rows": [len(d) for d in deciles],
+            "buyer_rate": [float(y[d].mean()) if len(d) else 0.0 for d in deciles],
+            "lift": [float(y[d].mean()) / overall if len(d) else 0.0 for d in deciles],
+        }
+    )
+
+
+def save_lift_plot(y_true: np.ndarray, scores: np.ndarray, out_path: Path, model_name: str) -> Path:
+    table = lift_by_decile(y_true, scores)
+    figure = _new_figure()
+    axes = figure.subplots()
+    axes.bar(table["decile"], table["lift"], color="#3b6ea5")
+    axes.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="no model (lift 1)")
+    axes.set_xticks(table["decile"])
+    axes.set_xlabel("score decile (1 = highest scores)")
+    axes.set_ylabel("buyer rate / overall buyer rate")
+    axes.set_title(f"Lift by decile: {model_name}")
+    axes.legend()
+    return _save(figure, out_path)
 
 
 def save_feature_importance_plot(

@@ -28,6 +28,7 @@ PRELOAD_MODULES = [
     "orchestration.defs.training",
     "orchestration.defs.scoring",
     "orchestration.defs.checks",
+    "orchestration.defs.reporting",
 ]
 
 

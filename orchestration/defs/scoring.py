@@ -29,9 +29,12 @@ SERVED_CHECK = "served_within_promise"
 
 
 class ScoringConfig(dg.Config):
-    """How many of the highest-scored users go on the intervention list."""
+    """The intervention list: how many shoppers, and in which order. rank_by: "propensity"
+    (the highest scores) or "open_carts_first" (shoppers with an open cart first, each group by
+    score: a shop whose goal is to win back carts)."""
 
     top_k: int = 100
+    rank_by: str = "propensity"
 
 
 @dg.multi_asset(
@@ -77,7 +80,10 @@ class ScoringConfig(dg.Config):
 )
 def propensity_scores(context: dg.AssetExecutionContext, config: ScoringConfig):
     summary = score_latest_cutoff(
-        settings.warehouse_path(), settings.mlflow_tracking_uri(), top_k=config.top_k
+        settings.warehouse_path(),
+        settings.mlflow_tracking_uri(),
+        top_k=config.top_k,
+        rank_by=config.rank_by,
     )
     context.log.info(
         f"Scored {summary.n_scored:,} users at {summary.cutoff_time} with version "

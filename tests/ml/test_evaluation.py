@@ -21,6 +21,7 @@ from ml.evaluation import (
     choose_threshold,
     comparison_table,
     evaluate,
+    lift_by_decile,
     save_evaluation_plots,
     save_feature_importance_plot,
     save_shap_summary_plot,
@@ -140,10 +141,21 @@ def test_evaluation_plots_are_written_as_png(tmp_path: Path) -> None:
 
     paths = save_evaluation_plots(y, scores, 0.4, tmp_path / "logistic", "logistic_regression")
 
-    names = ["roc.png", "pr.png", "calibration.png", "confusion_matrix.png"]
+    names = ["roc.png", "pr.png", "calibration.png", "confusion_matrix.png", "lift.png"]
     assert paths == [tmp_path / "logistic" / name for name in names]
     for path in paths:
         assert_png(path)
+
+
+def test_lift_by_decile_on_a_hand_made_case() -> None:
+    """20 rows, 2 buyers, both among the two highest scores: the top decile (2 rows) holds every
+    buyer, a buyer rate of 1 against 0.1 overall, lift 10; the other deciles hold none."""
+    scores = np.linspace(1.0, 0.0, 20)
+    y = np.zeros(20, dtype=int)
+    y[:2] = 1
+    table = lift_by_decile(y, scores)
+    assert list(table["rows"]) == [2] * 10
+    assert table["lift"].tolist() == [10.0] + [0.0] * 9
 
 
 def test_feature_importance_plot_shows_the_top_features(tmp_path: Path) -> None:

@@ -10,8 +10,10 @@ import re
 import subprocess
 import sys
 from datetime import datetime
+from html.parser import HTMLParser
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from ml.preflight import (
@@ -190,11 +192,80 @@ def test_a_small_run_on_a_taobao_file_ends_with_the_summary(tmp_path: Path) -> N
         for row in grid.itertuples()
     ]
 
+    # The run's report: one HTML page with the comparison, the charts embedded and beside it.
+    report = Path(re.search(r"^Report: (.+report\.html)$", out, re.MULTILINE).group(1))
+    page = ReportPage.read(report)
+    assert page.headings == [
+        "The data",
+        "The models",
+        "Charts",
+        "What the gate decided, and why",
+        "Checks and monitoring",
+        "Who to act on",
+    ]
+    models = page.tables[1]
+    assert models[0][:2] == ["model", "promotion-window PR-AUC [95 % interval]"]
+    assert any(row[0].startswith("xgboost v") for row in models[1:])
+    assert any(row[0] == "baseline: base_rate" for row in models[1:])
+    assert re.fullmatch(r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]", models[1][1])
+    assert {"champion_lift.png", "champion_calibration.png"} <= set(page.images)
+    for name in page.images:
+        assert (report.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    who = page.tables[-1]
+    assert who[0][:4] == ["rank", "shopper", "score", "action"] and len(who) == 21
+    client = mlflow.MlflowClient(f"sqlite:///{state / 'mlflow.db'}")
+    (report_run,) = client.search_runs(
+        [client.get_experiment_by_name("purchase-propensity").experiment_id],
+        "attributes.run_name = 'run-report'",
+    )
+    logged = {f.path for f in client.list_artifacts(report_run.info.run_id, "report")}
+    assert "report/report.html" in logged
+
     summary = propensity("summary", "--state", str(state), home=tmp_path)
     assert summary.returncode == 0, summary.stderr
     assert champion in summary.stdout
     nothing = propensity("summary", "--state", str(tmp_path / "empty"), home=tmp_path)
     assert nothing.returncode == 2 and "nothing has run" in nothing.stderr
+
+
+class ReportPage(HTMLParser):
+    """The headings, tables (rows of cell texts) and embedded images of a report page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headings: list[str] = []
+        self.tables: list[list[list[str]]] = []
+        self.images: list[str] = []
+        self.text: list[str] | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> ReportPage:
+        page = cls()
+        page.feed(path.read_text())
+        return page
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th", "h2"):
+            self.text = []
+        elif tag == "img" and str(values.get("src", "")).startswith("data:image/png;base64,"):
+            self.images.append(str(values["data-file"]))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.text is not None:
+            self.tables[-1][-1].append("".join(self.text).strip())
+        elif tag == "h2" and self.text is not None:
+            self.headings.append("".join(self.text).strip())
+        if tag in ("td", "th", "h2"):
+            self.text = None
+
+    def handle_data(self, data: str) -> None:
+        if self.text is not None:
+            self.text.append(data)
 
 
 def test_intervals_and_timezones_read_as_dbt_reads_them() -> None:

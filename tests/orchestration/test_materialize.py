@@ -226,7 +226,8 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
     # Drivers: XGBoost's SHAP values or the sequence model's occlusion effects, with values.
     assert n_targets == 25 and n_with_drivers > 0
     drivers = query(warehouse, "select driver_1 from predictions.intervention_targets")
-    assert all(" = " in d and "raises the score" in d for (d,) in drivers if d)
+    # In words, with the value and its push (ml.reasons), not a bare column name.
+    assert all("raises the score, +" in d and " = " not in d for (d,) in drivers if d)
     # Past events as reasons: the sequence model's integrated gradients, when it is champion.
     (n_reasons,) = query(
         warehouse, "select count(event_reasons) from predictions.intervention_targets"
