@@ -5,9 +5,11 @@ import io
 import json
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import duckdb
 from dagster_dbt import (
     DagsterDbtTranslator,
     DagsterDbtTranslatorSettings,
@@ -77,10 +79,56 @@ def warehouse_dbt_models(
     dbt_vars = json.dumps(config.model_dump())
     # dbt's own lines go to the run's debug log, not the terminal: `make run` and `propensity
     # run` show a progress view (INFO and above); the instance keeps everything.
-    dbt_lines = DebugLines(context.log)
-    with contextlib.redirect_stdout(dbt_lines):
-        yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
-    dbt_lines.flush()
+    dbt_lines, events = DebugLines(context.log), []
+    try:
+        with contextlib.redirect_stdout(dbt_lines):
+            events.extend(dbt.cli(["build", "--vars", dbt_vars], context=context).stream())
+    except Exception:
+        yield from events  # what dbt built before it failed is still reported
+        raise
+    finally:
+        dbt_lines.flush()
+    yield from with_table_metadata(events, context, settings.warehouse_path())
+
+
+def with_table_metadata(
+    events: list[Any], context: dg.AssetExecutionContext, warehouse: Path
+) -> Iterator[Any]:
+    """The dbt events, each model's output with its table's row count and column types
+    (`dagster/row_count`, `dagster/column_schema`), read once dbt has exited: DuckDB lets no
+    other process open the file while dbt writes it, so dagster-dbt's own fetchers cannot."""
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        tables = {
+            (schema, name): kind
+            for schema, name, kind in con.execute(
+                "select table_schema, table_name, table_type from information_schema.tables"
+            ).fetchall()
+        }
+        for event in events:
+            if not isinstance(event, dg.Output):
+                yield event
+                continue
+            path = context.asset_key_for_output(event.output_name).path
+            relation = (path[0], path[-1]) if len(path) >= 2 else None
+            if relation not in tables:
+                yield event
+                continue
+            schema, name = relation
+            columns = con.execute(
+                "select column_name, data_type from information_schema.columns "
+                "where table_schema = ? and table_name = ? order by ordinal_position",
+                [schema, name],
+            ).fetchall()
+            extra: dict[str, Any] = {
+                "dagster/column_schema": dg.TableSchema(
+                    columns=[dg.TableColumn(column, kind) for column, kind in columns]
+                )
+            }
+            if tables[relation] == "BASE TABLE":  # a view would be computed to be counted
+                extra["dagster/row_count"] = con.execute(
+                    f'select count(*) from "{schema}"."{name}"'
+                ).fetchone()[0]
+            yield event.with_metadata({**event.metadata, **extra})
 
 
 class DebugLines(io.TextIOBase):

@@ -316,6 +316,17 @@ def test_materialize_ingestion_and_dbt_assets_then_reingest_nothing(project_home
             "select (select count(*) from raw.events), (select count(*) from marts.user_features)",
         )[0]
         assert n_raw > 0 and n_features > 0
+        # Each dbt table carries its row count and column types, read after dbt exits.
+        features_event = instance.get_latest_materialization_event(
+            dg.AssetKey(["marts", "user_features"])
+        )
+        features_metadata = features_event.asset_materialization.metadata
+        assert features_metadata["dagster/row_count"].value == n_features
+        columns = {
+            c.name: c.type for c in features_metadata["dagster/column_schema"].schema.columns
+        }
+        assert columns["carts_7d"] in ("BIGINT", "INTEGER", "HUGEINT", "DOUBLE")
+        assert "user_id" in columns and "cutoff_time" in columns
 
         second = dg.materialize(
             assets[:2], resources=build_resources(), run_config=run_config, instance=instance
