@@ -51,6 +51,54 @@ class FeatureTranslator(DagsterDbtTranslator):
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return "features"
 
+    def get_asset_check_spec(
+        self,
+        asset_spec: dg.AssetSpec,
+        manifest: Mapping[str, Any],
+        unique_id: str,
+        project: Any,
+    ) -> dg.AssetCheckSpec | None:
+        """Every dbt test as a check, with a description of what it asserts (the test's own
+        YAML description when it has one)."""
+        spec = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
+        if spec is None or spec.description:
+            return spec
+        return spec._replace(description=describe_dbt_test(manifest["nodes"][unique_id]))
+
+
+# What each generic test asserts, from its kwargs (dbt's built-ins and tests/generic/).
+_TEST_DESCRIPTIONS = {
+    "not_null": "{column} is never null",
+    "unique": "{column} is unique",
+    "accepted_values": "{column} only takes the values {values}",
+    "relationships": "every {column} exists in {to}.{field}",
+    "unique_combination": "one row per {combination}",
+    "non_negative": "{column} is never negative",
+    "positive": "{column} is above zero",
+    "between_zero_and_one": "{column} lies between 0 and 1",
+    "list_values_positive": "every value in the list {column} is above zero",
+    "list_values_in": "every value in the list {column} is one of {values}",
+    "before_as_of": "no {column} at or after the run's as_of cutoff (point in time)",
+    "ends_at_as_of": "the latest {column} is the run's as_of cutoff",
+}
+
+
+def describe_dbt_test(node: Mapping[str, Any]) -> str:
+    """'marts.labels: purchased is never null' for a generic test; the test's name otherwise."""
+    metadata = node.get("test_metadata") or {}
+    kwargs = {key: value for key, value in (metadata.get("kwargs") or {}).items()}
+    template = _TEST_DESCRIPTIONS.get(metadata.get("name", ""))
+    if template is None:
+        return f"dbt test {node.get('name')}: returns no row when it holds"
+    fields = {
+        "column": kwargs.get("column_name") or node.get("column_name") or "the row",
+        "values": ", ".join(str(v) for v in kwargs.get("values", [])),
+        "to": str(kwargs.get("to", "")).removeprefix("ref('").removesuffix("')"),
+        "field": kwargs.get("field", ""),
+        "combination": ", ".join(kwargs.get("combination", [])),
+    }
+    return template.format(**fields) + " (dbt test)"
+
 
 @dbt_assets(
     manifest=dbt_project.manifest_path,

@@ -70,3 +70,30 @@ def test_every_job_runs_on_the_preloading_forkserver_unless_told_otherwise() -> 
         assert start["preload_modules"] == jobs.PRELOAD_MODULES
         chosen = dg.validate_run_config(job, jobs.in_process_execution())["execution"]
         assert "in_process" in chosen["multi_or_in_process_executor"]
+
+
+def test_every_dbt_check_says_what_it_asserts() -> None:
+    """Each dbt test is a check with a description (generated from its kind and arguments
+    when its YAML gives none), the raw.events source tests included."""
+    from orchestration.defs.features import describe_dbt_test, warehouse_dbt_models
+
+    specs = list(warehouse_dbt_models.check_specs)
+    assert len(specs) >= 150
+    assert all(spec.description for spec in specs)
+    on_raw = [spec for spec in specs if spec.asset_key == dg.AssetKey(["raw", "events"])]
+    assert on_raw and all("(dbt test)" in spec.description for spec in on_raw)
+    node = {
+        "name": "accepted_values_x",
+        "test_metadata": {
+            "name": "accepted_values",
+            "kwargs": {"column_name": "has_open_cart", "values": [0, 1]},
+        },
+    }
+    assert describe_dbt_test(node) == "has_open_cart only takes the values 0, 1 (dbt test)"
+    relation = {
+        "test_metadata": {
+            "name": "relationships",
+            "kwargs": {"column_name": "code", "to": "ref('event_types')", "field": "event_code"},
+        }
+    }
+    assert describe_dbt_test(relation) == "every code exists in event_types.event_code (dbt test)"
