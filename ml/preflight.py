@@ -38,6 +38,8 @@ _INTERVAL = re.compile(r"^\s*(\d+)\s*(minute|hour|day|week)s?\s*$", re.IGNORECAS
 _OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
 # Candidate windows for the advice, largest first: a cutoff step must divide one day.
 _ADVICE_STEPS = ("1 day", "12 hours", "6 hours", "4 hours", "2 hours", "1 hour", "30 minutes")
+# Longer horizons for the advice, when the label windows hold too few buyers.
+_LONGER_HORIZONS = ("3 days", "7 days", "14 days", "30 days")
 
 
 class PreflightError(ValueError):
@@ -45,15 +47,24 @@ class PreflightError(ValueError):
     what to change."""
 
 
+# A buyer's event as one sortable int64: buyer number * _USER_STRIDE + epoch seconds.
+_USER_STRIDE = 2**34
+
+
 @dataclass(frozen=True)
 class EventSpan:
-    """First and last parseable event time (naive UTC) over the files, the rows read, and the
-    time of every purchase (sorted), which says whether each role's label windows hold any."""
+    """First and last parseable event time (naive UTC) over the files and the rows read; for
+    the shoppers who buy, every purchase and every event, which say whether a role's label
+    windows hold a purchase by a shopper who has a row at that cutoff (an event in the
+    lookback before it, as marts.labels requires)."""
 
     first: datetime
     last: datetime
     rows: int
-    purchase_times: np.ndarray = field(default_factory=lambda: np.array([], dtype="datetime64[us]"))
+    # (buyer number, epoch seconds) of every purchase.
+    purchases: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
+    # buyer number * _USER_STRIDE + epoch seconds of every event of a buyer, sorted.
+    buyer_events: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -113,19 +124,31 @@ def event_span(source: str, paths: Sequence[Path]) -> EventSpan:
     with duckdb.connect() as con:
         con.execute(f"create temp table events as {' union all '.join(selects)}")
         first, last, rows = con.execute("select min(t), max(t), count(*) from events").fetchone()
-        purchases = con.execute(
-            "select t from events where is_purchase and t is not null order by t"
-        ).fetchnumpy()["t"]
+        buyers = con.execute(
+            """
+            with buyer_events as (
+                select dense_rank() over (order by u) as buyer, epoch(t)::bigint as s,
+                    is_purchase
+                from events
+                where t is not null and u in (select u from events where is_purchase)
+            )
+            select buyer, s, is_purchase from buyer_events order by buyer, s
+            """
+        ).fetchnumpy()
     if first is None:
         raise PreflightError(
             f"No event time in {[str(p) for p in paths]} could be read as a {source} time: "
             "is --source right?"
         )
+    buyer = np.asarray(buyers["buyer"], dtype=np.int64)
+    seconds = np.asarray(buyers["s"], dtype=np.int64)
+    bought = np.asarray(buyers["is_purchase"], dtype=bool)
     return EventSpan(
         first=first,
         last=last,
         rows=int(rows),
-        purchase_times=np.asarray(purchases, dtype="datetime64[us]"),
+        purchases=np.stack([buyer[bought], seconds[bought]], axis=1),
+        buyer_events=buyer * _USER_STRIDE + seconds,
     )
 
 
@@ -133,8 +156,8 @@ def _time_select(source: str, path: Path) -> str:
     literal = "'" + str(path).replace("'", "''") + "'"
     if source == "synthetic" or path.suffix == ".parquet":
         return (
-            "select event_time as t, event_type = 'purchase' as is_purchase "
-            f"from read_parquet({literal})"
+            "select event_time as t, event_type = 'purchase' as is_purchase, "
+            f"cast(user_id as varchar) as u from read_parquet({literal})"
         )
     if source not in CSV_SOURCES:
         raise PreflightError(
@@ -146,12 +169,14 @@ def _time_select(source: str, path: Path) -> str:
     columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(1, layout.n_fields + 1))
     time_column = f"c{layout.column_index[spec.fields['event_time']]}"
     type_column = f"c{layout.column_index[spec.fields['event_type']]}"
+    user_column = f"c{layout.column_index[spec.fields['user_id']]}"
     purchase_names = ", ".join(
         "'" + name + "'" for name, kind in spec.event_types.items() if kind == "purchase"
     )
     return (
         f"select {spec.time_sql.replace('{t}', time_column)} as t, "
-        f"{type_column} in ({purchase_names}) as is_purchase from read_csv({literal}, "
+        f"{type_column} in ({purchase_names}) as is_purchase, {user_column} as u "
+        f"from read_csv({literal}, "
         f"header = {str(layout.has_header).lower()}, columns = {{{columns}}}, "
         "ignore_errors = true, null_padding = true)"
     )
@@ -205,7 +230,7 @@ def check_roles(
         raise PreflightError(
             f"The events span {span.first:%Y-%m-%d %H:%M} to {span.last:%Y-%m-%d %H:%M} UTC "
             f"({_duration(span.last - span.first)}, {span.rows:,} rows, "
-            f"{len(span.purchase_times):,} purchases). {reason}"
+            f"{len(span.purchases):,} purchases). {reason}"
             + _advice(span, windows, n_validation, n_promotion)
         )
     return split
@@ -225,37 +250,64 @@ def _roles_or_reason(
         ("validation", split.validation_cutoffs),
         ("promotion", split.promotion_cutoffs),
     ):
-        if purchases_in_windows(span, cutoffs, split.horizon) == 0:
+        lookback = parse_interval(windows.lookback)
+        if buyer_rows_in_windows(span, cutoffs, split.horizon, lookback) == 0:
             purpose = "learn from" if role == "train" else "measure a model on"
             return None, (
                 f"The {role} role's label windows ({len(cutoffs)} cutoff(s) from "
                 f"{cutoffs[0]:%Y-%m-%d %H:%M}, each {format_interval(split.horizon)} long) hold "
-                f"no purchase, so there is nothing to {purpose}."
+                "no purchase by a shopper seen in the lookback before the cutoff (only they "
+                f"have a row there), so there is nothing to {purpose}."
             )
     return split, ""
 
 
-def purchases_in_windows(span: EventSpan, cutoffs: Sequence[datetime], horizon: timedelta) -> int:
-    """Purchases inside the union of the label windows [cutoff, cutoff + horizon)."""
-    times = span.purchase_times
-    inside = np.zeros(len(times), dtype=bool)
+def buyer_rows_in_windows(
+    span: EventSpan, cutoffs: Sequence[datetime], horizon: timedelta, lookback: timedelta
+) -> int:
+    """(shopper, cutoff) rows that will be labelled buyers: a purchase in [cutoff, cutoff +
+    horizon) by a shopper with an event in [cutoff - lookback, cutoff)."""
+    if not len(span.purchases):
+        return 0
+    epoch = datetime(1970, 1, 1)
+    buyer, bought_at = span.purchases[:, 0], span.purchases[:, 1]
+    rows = set()
     for cutoff in cutoffs:
-        start, end = np.datetime64(cutoff, "us"), np.datetime64(cutoff + horizon, "us")
-        inside |= (times >= start) & (times < end)
-    return int(inside.sum())
+        start = int((cutoff - epoch).total_seconds())
+        inside = (bought_at >= start) & (bought_at < start + int(horizon.total_seconds()))
+        buyers = np.unique(buyer[inside])
+        seen_from = buyers * _USER_STRIDE + start - int(lookback.total_seconds())
+        seen_until = buyers * _USER_STRIDE + start
+        seen = np.searchsorted(span.buyer_events, seen_until) > np.searchsorted(
+            span.buyer_events, seen_from
+        )
+        rows.update((int(b), start) for b in buyers[seen])
+    return len(rows)
 
 
 def _advice(span: EventSpan, windows: Windows, n_validation: int, n_promotion: int) -> str:
-    """The largest horizon (cutoff step equal to it) that fits, with the given role sizes or
-    else with one validation and one promotion cutoff."""
+    """Windows that would fit: a shorter horizon (cutoff step equal to it) when the cutoffs are
+    too few, a longer one when the windows lack buyers; with the given role sizes or else with
+    one validation and one promotion cutoff."""
     horizon = parse_interval(windows.horizon)
+    step = parse_interval(windows.cutoff_step)
+    lookback = parse_interval(windows.lookback)
+    candidates = [
+        Windows(s, _fitting_lookback(windows.lookback, s), s, windows.timezone)
+        for s in _ADVICE_STEPS
+        if parse_interval(s) < horizon
+    ] + [
+        Windows(
+            windows.cutoff_step,
+            format_interval(max(lookback, parse_interval(h))),
+            h,
+            windows.timezone,
+        )
+        for h in _LONGER_HORIZONS
+        if parse_interval(h) > horizon and parse_interval(h) % step == timedelta(0)
+    ]
     for roles in dict.fromkeys([(n_validation, n_promotion), (1, 1)]):
-        for step in _ADVICE_STEPS:
-            if parse_interval(step) >= horizon:
-                continue
-            candidate = Windows(
-                step, _fitting_lookback(windows.lookback, step), step, windows.timezone
-            )
+        for candidate in candidates:
             if _roles_or_reason(span, candidate, *roles)[0] is None:
                 continue
             fewer = (
@@ -264,12 +316,12 @@ def _advice(span: EventSpan, windows: Windows, n_validation: int, n_promotion: i
                 else " --validation-cutoffs 1 --promotion-cutoffs 1"
             )
             return (
-                f" These files would fit, for example, --cutoff-step '{step}' --horizon "
-                f"'{step}' --lookback '{candidate.lookback}'{fewer} (or give more days of "
-                "events)."
+                f" These files would fit, for example, --cutoff-step '{candidate.cutoff_step}' "
+                f"--horizon '{candidate.horizon}' --lookback '{candidate.lookback}'{fewer} (or "
+                "give more days of events)."
             )
     return (
-        " No shorter horizon fits these files either, even with one validation and one "
+        " No other horizon tried fits these files either, even with one validation and one "
         "promotion cutoff: give more days of events."
     )
 

@@ -123,15 +123,18 @@ def next_category_summary(instance: dg.DagsterInstance) -> list[str]:
     metadata = latest_metadata(instance, NEXT_CATEGORY_KEY)
     if not metadata:
         return []
-    lines = [
-        f"  {CATEGORY_MODEL_NAME} v{metadata['model_version']}: "
-        f"{metadata['promotion_rows_with_targets']:,} promotion rows with a category in their "
-        "window (95 % intervals, users resampled)"
-    ]
-    comparison = str(metadata.get("comparison", ""))
-    table = [line for line in comparison.splitlines() if line.startswith("|")]
-    lines += [f"    {line}" for line in table]
-    lines.append(f"    gate: {metadata['decision']}")
+    if "skipped" in metadata:
+        lines = [f"  {CATEGORY_MODEL_NAME}: skipped ({metadata['skipped']})"]
+    else:
+        lines = [
+            f"  {CATEGORY_MODEL_NAME} v{metadata['model_version']}: "
+            f"{metadata['promotion_rows_with_targets']:,} promotion rows with a category in "
+            "their window (95 % intervals, users resampled)"
+        ]
+        comparison = str(metadata.get("comparison", ""))
+        table = [line for line in comparison.splitlines() if line.startswith("|")]
+        lines += [f"    {line}" for line in table]
+        lines.append(f"    gate: {metadata['decision']}")
     with duckdb.connect(str(settings.warehouse_path()), read_only=True) as con:
         actions = con.execute(
             "select action, count(*) from predictions.intervention_targets "

@@ -40,9 +40,19 @@ class ProgressFormatter(logging.Formatter):
             took = message.rsplit(" in ", 1)[-1].rstrip(".") if " in " in message else ""
             return f"{stamp} {step} done" + (f" in {took}" if took else "")
         if event_type in ("STEP_FAILURE", "PIPELINE_FAILURE"):
-            return f"{stamp} {step or 'run'} FAILED: {message}"
+            return f"{stamp} {step or 'run'} FAILED: {failure_reason(event) or message}"
         level = "" if record.levelno < logging.WARNING else f"{record.levelname}: "
         return f"{stamp}   {level}{message}"
+
+
+def failure_reason(event: object) -> str:
+    """The error of a failed step in one line (its last cause, where the real reason is)."""
+    error = getattr(getattr(event, "event_specific_data", None), "error", None)
+    while error is not None and getattr(error, "cause", None) is not None:
+        error = error.cause
+    if error is None:
+        return ""
+    return " ".join(str(error.message).split())[:500]
 
 
 class ProgressFilter(logging.Filter):

@@ -41,6 +41,7 @@ from ml.evaluation import (
     save_evaluation_plots,
 )
 from ml.evaluation.final import FinalEvaluation, evaluate_final_model
+from ml.evaluation.ranking import has_targets
 from ml.families import all_families
 from ml.families.base import ModelFamily, TrainedModel
 from ml.families.torch_seq.encoder import save_encoder
@@ -604,6 +605,15 @@ def next_category_model(
         hidden_size=config.hidden_size,
         batch_size=config.batch_size,
     )
+    if data.next_categories_train is None or not has_targets(data.next_categories_train).any():
+        # A source without categories (RetailRocket's events have none): nothing to rank.
+        reason = (
+            "no training row has a category in its label window (does this source record "
+            "categories?): no next-category model; offers fall back to the shopper's own most "
+            "frequent categories where there are any"
+        )
+        context.log.warning(f"Next-category model skipped: {reason}")
+        return dg.MaterializeResult(metadata={"skipped": reason, "snapshot_id": snapshot_id})
     trained = train_category_model(data, params, seed=config.seed)
     context.log.info(
         f"Trained on {trained.train_rows:,} rows, {trained.n_categories - 1} categories, "

@@ -139,7 +139,8 @@ def test_roles_without_a_purchase_are_refused(tmp_path: Path, shared_datasets: P
     )
     assert result.returncode == 2, result.stderr
     assert "The train role's label windows" in result.stderr
-    assert "hold no purchase, so there is nothing to learn from" in result.stderr
+    assert "hold no purchase by a shopper seen in the lookback" in result.stderr
+    assert "so there is nothing to learn from" in result.stderr
 
 
 def test_a_small_run_on_a_taobao_file_ends_with_the_summary(tmp_path: Path) -> None:
@@ -287,3 +288,30 @@ def test_intervals_and_timezones_read_as_dbt_reads_them() -> None:
     # last: Jan 1 16:00, Jan 2 16:00, Jan 3 16:00 UTC.
     assert [t.hour for t in grid["cutoff_time"]] == [16, 16, 16]
     assert list(grid["horizon_complete"]) == [True, False, False]
+
+
+def test_the_retailrocket_sample_is_refused_for_want_of_returning_buyers(
+    tmp_path: Path, shared_datasets: Path
+) -> None:
+    """138 days but 46 purchases, none in the validation windows by a shopper seen before:
+    refused in a second instead of failing at calibration after the dbt build."""
+    result = propensity(
+        "run",
+        "--source",
+        "retailrocket",
+        "--path",
+        str(shared_datasets / "retailrocket_sample"),
+        "--cutoff-step",
+        "1 day",
+        "--lookback",
+        "7 days",
+        "--horizon",
+        "1 day",
+        "--state",
+        str(tmp_path / "state"),
+        home=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "9,385 rows, 46 purchases" in result.stderr
+    assert "The validation role's label windows" in result.stderr
+    assert "no purchase by a shopper seen in the lookback" in result.stderr
