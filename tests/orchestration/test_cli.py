@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from ml.data.taobao_sample import write_taobao_file
 from ml.preflight import (
     EventSpan,
     PreflightError,
@@ -27,7 +28,6 @@ from ml.preflight import (
     utc_offset,
 )
 from tests.conftest import query
-from tests.ml.test_logistic_baseline import write_taobao_file
 
 PROPENSITY = Path(sys.executable).parent / "propensity"
 REES46_SAMPLE = "rees46_oct2019_head/events.csv"
