@@ -28,7 +28,8 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
-th, td { border: 1px solid #ddd; padding: .3em .6em; text-align: left; vertical-align: top; }
+th, td { border: 1px solid #ddd; padding: .3em .6em; text-align: left; vertical-align: top;
+  max-width: 36em; overflow-wrap: anywhere; }
 th { background: #f3f5f8; } .note { color: #555; font-size: .9em; }
 figure { display: inline-block; margin: .5em 1em .5em 0; } img { max-width: 480px; }
 """

@@ -19,6 +19,7 @@ import argparse
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import yaml
 from ml import settings
 from ml.data.pseudonyms import MissingSaltError, pseudonym_salt
 from ml.data.sources import CSV_SOURCES
-from ml.preflight import PreflightError, Windows, check_roles, event_span
+from ml.preflight import PreflightError, Windows, check_roles, cutoff_grid, event_span
 from ml.splits import DEFAULT_PROMOTION_CUTOFFS, DEFAULT_VALIDATION_CUTOFFS
 
 SOURCES = ("synthetic", *CSV_SOURCES)
@@ -197,7 +198,10 @@ def run_command(args: argparse.Namespace) -> int:
     )
     state = use_state(args.state or default_state(args.source))
     print(f"State: {state}")
-    return _execute(args, windows, paths)
+    # The run's cutoff is the files' own scoring cutoff (as `make run` tags the demo's): the
+    # freshness check then measures the newest event against it, not against today.
+    scoring_cutoff = cutoff_grid(span, windows)["cutoff_time"].max().to_pydatetime()
+    return _execute(args, windows, paths, scoring_cutoff)
 
 
 def _prepare_dbt() -> None:
@@ -214,13 +218,19 @@ def _prepare_dbt() -> None:
         )
 
 
-def _execute(args: argparse.Namespace, windows: Windows, paths: list[Path]) -> int:
+def _execute(
+    args: argparse.Namespace, windows: Windows, paths: list[Path], scoring_cutoff: datetime
+) -> int:
     _prepare_dbt()
     # Imported here: Dagster, dbt and MLflow take seconds to import, and `--help` or a refused
     # pre-flight need none of them.
     import dagster as dg
 
-    from orchestration.defs.jobs import in_process_execution, nightly_retraining_job
+    from orchestration.defs.jobs import (
+        CUTOFF_TAG,
+        in_process_execution,
+        nightly_retraining_job,
+    )
     from orchestration.defs.progress import PROGRESS_LOGGING, quiet_libraries
     from orchestration.defs.schedules import DBT_OP
     from orchestration.instance import prepare_dagster_home
@@ -259,6 +269,7 @@ def _execute(args: argparse.Namespace, windows: Windows, paths: list[Path]) -> i
             dg.reconstructable(nightly_retraining_job),
             instance=instance,
             run_config=run_config,
+            tags={CUTOFF_TAG: scoring_cutoff.isoformat()},
             raise_on_error=False,
         )
         if not result.success:

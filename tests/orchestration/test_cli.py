@@ -212,6 +212,10 @@ def test_a_small_run_on_a_taobao_file_ends_with_the_summary(tmp_path: Path) -> N
     assert {"champion_lift.png", "champion_calibration.png"} <= set(page.images)
     for name in page.images:
         assert (report.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The run is tagged with the files' own cutoff, so freshness is judged against it.
+    checks = next(t for t in page.tables if t and t[0][:3] == ["asset", "check", "result"])
+    fresh = [row for row in checks[1:] if row[1] == "raw_events_fresh"]
+    assert fresh and fresh[0][2] == "passed"
     who = page.tables[-1]
     assert who[0][:4] == ["rank", "shopper", "score", "action"] and len(who) == 21
     client = mlflow.MlflowClient(f"sqlite:///{state / 'mlflow.db'}")
