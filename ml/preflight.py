@@ -245,12 +245,12 @@ def _roles_or_reason(
         raise
     except ValueError as error:
         return None, str(error)
+    lookback = parse_interval(windows.lookback)
     for role, cutoffs in (
         ("train", split.train_cutoffs),
         ("validation", split.validation_cutoffs),
         ("promotion", split.promotion_cutoffs),
     ):
-        lookback = parse_interval(windows.lookback)
         if buyer_rows_in_windows(span, cutoffs, split.horizon, lookback) == 0:
             purpose = "learn from" if role == "train" else "measure a model on"
             return None, (

@@ -33,6 +33,8 @@ from ml.splits import DEFAULT_PROMOTION_CUTOFFS, DEFAULT_VALIDATION_CUTOFFS
 
 SOURCES = ("synthetic", *CSV_SOURCES)
 BUDGETS = ("small", "default", "large")
+# The dbt vars' defaults (FeatureWindowConfig), as the pre-flight holds them.
+DEFAULT_WINDOWS = Windows()
 # The small budget: minutes on a 2-core CPU for a file of a few thousand shoppers.
 SMALL_BUDGET: dict[str, dict[str, Any]] = {
     "training__xgb_study": {"n_trials": 5},
@@ -119,12 +121,18 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help="event files, or folders whose files of that source are all read",
     )
-    run.add_argument("--cutoff-step", default="1 day", help="a cutoff every this long")
-    run.add_argument("--lookback", default="30 days", help="features read this much history")
-    run.add_argument("--horizon", default="7 days", help="the label: a purchase within this")
+    run.add_argument(
+        "--cutoff-step", default=DEFAULT_WINDOWS.cutoff_step, help="a cutoff every this long"
+    )
+    run.add_argument(
+        "--lookback", default=DEFAULT_WINDOWS.lookback, help="features read this much history"
+    )
+    run.add_argument(
+        "--horizon", default=DEFAULT_WINDOWS.horizon, help="the label: a purchase within this"
+    )
     run.add_argument(
         "--timezone",
-        default="UTC",
+        default=DEFAULT_WINDOWS.timezone,
         help="the shop's clock for the cutoff grid: UTC, +08:00 or an IANA zone",
     )
     run.add_argument(
