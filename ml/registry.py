@@ -18,6 +18,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from sklearn.metrics import average_precision_score
 
@@ -69,6 +70,15 @@ def current_champion(client: MlflowClient, model_name: str = MODEL_NAME) -> str 
     """
     version = client.get_registered_model(model_name).aliases.get(CHAMPION)
     return None if version is None else str(version)
+
+
+def trained_champion(client: MlflowClient, model_name: str = MODEL_NAME) -> ModelVersion | None:
+    """The champion's version, or None in a state where no model was registered or promoted
+    yet (`propensity run --features-only`, or a run that stopped before the gate)."""
+    if not client.search_registered_models(filter_string=f"name='{model_name}'"):
+        return None
+    number = current_champion(client, model_name)
+    return None if number is None else client.get_model_version(model_name, number)
 
 
 def newest_versions_by_family(client: MlflowClient, model_name: str = MODEL_NAME) -> dict[str, str]:

@@ -23,12 +23,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from ml import settings
 from ml.data.pseudonyms import MissingSaltError, pseudonym_salt
 from ml.data.sources import CSV_SOURCES
-from ml.preflight import PreflightError, Windows, check_roles, cutoff_grid, event_span
+from ml.preflight import (
+    EventSpan,
+    PreflightError,
+    Windows,
+    check_roles,
+    cutoff_grid,
+    event_span,
+)
 from ml.splits import DEFAULT_PROMOTION_CUTOFFS, DEFAULT_VALIDATION_CUTOFFS
 
 SOURCES = ("synthetic", *CSV_SOURCES)
@@ -161,6 +169,19 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_PROMOTION_CUTOFFS,
         help="cutoffs of the promotion role (the gate's window)",
     )
+    run.add_argument(
+        "--features-only",
+        action="store_true",
+        help="ingest the files and build the features, labels and sequences, then the summary "
+        "and the data report; no training or scoring (for files too short to train on, or to "
+        "look at the data first)",
+    )
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="only check the files against the windows (the pre-flight) and say what the run "
+        "would do; writes nothing",
+    )
 
     summary = commands.add_parser(
         "summary",
@@ -193,23 +214,54 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         pseudonym_salt()  # MissingSaltError (a ValueError) says what to set
         span = event_span(args.source, paths)
-        roles = check_roles(span, windows, args.validation_cutoffs, args.promotion_cutoffs)
+        grid = cutoff_grid(span, windows)
+        if args.features_only:
+            plan = _features_plan(span, grid)
+        else:
+            roles = check_roles(span, windows, args.validation_cutoffs, args.promotion_cutoffs)
+            plan = (
+                f"Pre-flight: {span.rows:,} events from {span.first:%Y-%m-%d %H:%M} to "
+                f"{span.last:%Y-%m-%d %H:%M} UTC; roles of time: {len(roles.train_cutoffs)} "
+                f"train, {len(roles.validation_cutoffs)} validation, "
+                f"{len(roles.promotion_cutoffs)} promotion cutoffs (promotion "
+                f"{roles.describe()['promotion_cutoffs']})."
+                + (f"\nWarning: {roles.history_warning}" if roles.history_warning else "")
+            )
     except (PreflightError, ValueError, MissingSaltError) as error:
-        print(f"propensity run: cannot train on these files.\n{error}", file=sys.stderr)
+        what = "build features from" if args.features_only else "train on"
+        print(f"propensity run: cannot {what} these files.\n{error}", file=sys.stderr)
+        if isinstance(error, PreflightError) and not args.features_only:
+            print(
+                "Or add --features-only: ingest the files, build the features and get the "
+                "data report, without training.",
+                file=sys.stderr,
+            )
         return 2
-    print(
-        f"Pre-flight: {span.rows:,} events from {span.first:%Y-%m-%d %H:%M} to "
-        f"{span.last:%Y-%m-%d %H:%M} UTC; roles of time: {len(roles.train_cutoffs)} train, "
-        f"{len(roles.validation_cutoffs)} validation, {len(roles.promotion_cutoffs)} promotion "
-        f"cutoffs (promotion {roles.describe()['promotion_cutoffs']})."
-        + (f"\nWarning: {roles.history_warning}" if roles.history_warning else "")
-    )
+    print(plan)
+    if args.check:
+        print("Check only (--check): nothing was written.")
+        return 0
     state = use_state(args.state or default_state(args.source))
     print(f"State: {state}")
     # The run's cutoff is the files' own scoring cutoff (as `make run` tags the demo's): the
     # freshness check then measures the newest event against it, not against today.
-    scoring_cutoff = cutoff_grid(span, windows)["cutoff_time"].max().to_pydatetime()
+    scoring_cutoff = grid["cutoff_time"].max().to_pydatetime()
     return _execute(args, windows, paths, scoring_cutoff)
+
+
+def _features_plan(span: EventSpan, grid: pd.DataFrame) -> str:
+    """What --features-only will build; PreflightError when the files hold no whole cutoff."""
+    if grid.empty:
+        raise PreflightError(
+            f"The events span {span.first:%Y-%m-%d %H:%M} to {span.last:%Y-%m-%d %H:%M} UTC, "
+            "which holds no cutoff of this --cutoff-step: choose a shorter one."
+        )
+    complete = int(grid["horizon_complete"].sum())
+    return (
+        f"Pre-flight: {span.rows:,} events from {span.first:%Y-%m-%d %H:%M} to "
+        f"{span.last:%Y-%m-%d %H:%M} UTC; {len(grid)} cutoffs ({complete} with a complete "
+        "label window). Features only (--features-only): no training or scoring."
+    )
 
 
 def _prepare_dbt() -> None:
@@ -258,19 +310,23 @@ def _execute(
                     "timezone": windows.timezone,
                 }
             },
-            **budget_ops(args.budget),
         },
-        "resources": {
+        **in_process_execution(),
+        **PROGRESS_LOGGING,
+    }
+    selection = None
+    if args.features_only:
+        selection = features_only_selection()
+    else:
+        run_config["ops"].update(budget_ops(args.budget))
+        run_config["resources"] = {
             "time_roles": {
                 "config": {
                     "n_validation_cutoffs": args.validation_cutoffs,
                     "n_promotion_cutoffs": args.promotion_cutoffs,
                 }
             }
-        },
-        **in_process_execution(),
-        **PROGRESS_LOGGING,
-    }
+        }
     with dg.DagsterInstance.get() as instance:
         fail_dead_runs(instance)  # a killed earlier run must not hold the pools
         result = dg.execute_job(
@@ -278,6 +334,7 @@ def _execute(
             instance=instance,
             run_config=run_config,
             tags={CUTOFF_TAG: scoring_cutoff.isoformat()},
+            asset_selection=selection,
             raise_on_error=False,
         )
         if not result.success:
@@ -290,6 +347,20 @@ def _execute(
         print(f"\npropensity run succeeded (run {result.run_id})")
         print("\n".join(run_summary(instance, home)))
     return 0
+
+
+def features_only_selection() -> list:
+    """`--features-only`: ingestion, the dbt feature warehouse and the report (of the data)."""
+    import dagster as dg
+
+    from orchestration.definitions import defs
+    from orchestration.defs.jobs import RAW_EVENTS
+    from orchestration.defs.reporting import REPORT_KEY
+
+    selection = dg.AssetSelection.assets(RAW_EVENTS, REPORT_KEY) | dg.AssetSelection.groups(
+        "features"
+    )
+    return sorted(selection.resolve(defs().resolve_asset_graph()))
 
 
 def summary_command(args: argparse.Namespace) -> int:

@@ -20,12 +20,13 @@ from ml.data.pseudonyms import pseudonym_mode
 from ml.data.synthetic import SyntheticConfig
 from ml.families import all_families
 from ml.next_category.evaluation import CATEGORY_MODEL_NAME
-from ml.registry import CHAMPION, MODEL_NAME, newest_versions_by_family
+from ml.registry import CHAMPION, MODEL_NAME, newest_versions_by_family, trained_champion
 from orchestration.defs.ingest import SyntheticEventsConfig
 from orchestration.defs.jobs import CUTOFF_TAG, full_pipeline_job, in_process_execution
 from orchestration.defs.progress import PROGRESS_LOGGING, quiet_libraries
 from orchestration.defs.reporting import (
     CHAMPION_KEY,
+    NO_MODEL,
     REPORT_KEY,
     latest_metadata,
     metric_with_interval,
@@ -54,8 +55,16 @@ def warehouse_summary() -> list[str]:
         def scalar(sql: str) -> float:
             return con.sql(sql).fetchall()[0][0]
 
+        built = {
+            f"{schema}.{name}"
+            for schema, name in con.sql(
+                "select table_schema, table_name from information_schema.tables"
+            ).fetchall()
+        }
         lines = [
             f"  {table:<34} {scalar(f'select count(*) from {table}'):>10,} rows"
+            if table in built
+            else f"  {table:<34} {'not built':>15}"
             for table in WAREHOUSE_TABLES
         ]
         rate = scalar("select avg(purchased::int) from marts.labels where horizon_complete")
@@ -68,7 +77,9 @@ def model_summary(instance: dg.DagsterInstance) -> list[str]:
     interval, users resampled), calibrated mean score beside the observed buyer rate and gate
     decision; the paired difference between the families; any study that hit its timeout."""
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri())
-    champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
+    champion = trained_champion(client)
+    if champion is None:
+        return [f"  {NO_MODEL}"]
     lines = [
         f"  {MODEL_NAME}@{CHAMPION} = version {champion.version} "
         f"({champion.tags.get('family', '?')})"

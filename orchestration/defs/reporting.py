@@ -17,7 +17,7 @@ import pandas as pd
 from ml import settings
 from ml.liveness import this_worker
 from ml.next_category.evaluation import CATEGORY_MODEL_NAME
-from ml.registry import CHAMPION, MODEL_NAME, newest_versions_by_family
+from ml.registry import CHAMPION, MODEL_NAME, newest_versions_by_family, trained_champion
 from ml.report import (
     Section,
     data_overview,
@@ -29,6 +29,7 @@ from ml.report import (
     write_report,
 )
 from ml.tracking import WORKER_TAG
+from orchestration.defs.jobs import RAW_EVENTS
 from orchestration.defs.links import mlflow_links
 from orchestration.defs.resources import WAREHOUSE_POOL
 from orchestration.defs.scoring import NEXT_CATEGORIES, SERVED_PERFORMANCE
@@ -37,6 +38,11 @@ from orchestration.defs.training import NEXT_CATEGORY_KEY, start_mlflow
 REPORT_KEY = dg.AssetKey(["reports", "run_report"])
 CHAMPION_KEY = dg.AssetKey(["training", "champion"])
 INTERVENTIONS = dg.AssetKey(["predictions", "intervention_targets"])
+CUTOFFS = dg.AssetKey(["marts", "cutoffs"])
+NO_MODEL = (
+    "No model has been trained in this state yet: `propensity run --features-only` builds the "
+    "features and a report of the data only; a run without it trains, gates and scores."
+)
 # The champion's charts, in the order shown (files of ml.evaluation.plots).
 CHARTS = (
     ("lift.png", "lift by score decile"),
@@ -48,7 +54,17 @@ CHARTS = (
 @dg.asset(
     key=REPORT_KEY,
     group_name="reporting",
-    deps=[INTERVENTIONS, NEXT_CATEGORIES, SERVED_PERFORMANCE, CHAMPION_KEY, NEXT_CATEGORY_KEY],
+    # Everything it reads: with --features-only only the first two are in the run, and the
+    # report must still come after them.
+    deps=[
+        RAW_EVENTS,
+        CUTOFFS,
+        INTERVENTIONS,
+        NEXT_CATEGORIES,
+        SERVED_PERFORMANCE,
+        CHAMPION_KEY,
+        NEXT_CATEGORY_KEY,
+    ],
     pool=WAREHOUSE_POOL,  # reads the warehouse (read-only): no writer may hold it meanwhile
     description=(
         "One self-contained HTML page of the run (and its PNGs): the data, the models with "
@@ -63,14 +79,21 @@ def run_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     folder = settings.local_dir() / "reports" / f"{stamp}-{context.run_id[:8]}"
     folder.mkdir(parents=True, exist_ok=True)
-    sections = [
-        data_section(settings.warehouse_path()),
-        models_section(client, context.instance),
-        charts_section(client, folder),
-        gate_section(context.instance),
-        checks_section(context.instance, context.run_id),
-        interventions_section(settings.warehouse_path()),
-    ]
+    if trained_champion(client) is None:  # propensity run --features-only: the data only
+        sections = [
+            data_section(settings.warehouse_path()),
+            Section("The models", paragraph(NO_MODEL)),
+            checks_section(context.instance, context.run_id),
+        ]
+    else:
+        sections = [
+            data_section(settings.warehouse_path()),
+            models_section(client, context.instance),
+            charts_section(client, folder),
+            gate_section(context.instance),
+            checks_section(context.instance, context.run_id),
+            interventions_section(settings.warehouse_path()),
+        ]
     path = write_report(folder, "Shopper propensity: run report", sections)
     with mlflow.start_run(run_name="run-report", tags={WORKER_TAG: this_worker()}) as run:
         mlflow.set_tag("dagster_run_id", context.run_id)

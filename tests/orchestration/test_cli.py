@@ -14,6 +14,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 
 from ml.data.taobao_sample import write_taobao_file
@@ -63,7 +64,7 @@ def test_help_documents_every_option_with_its_default(tmp_path: Path) -> None:
         ("--promotion-cutoffs", "3"),
     ):
         assert option in text and f"(default: {default})" in text
-    for option in ("--source", "--path", "--state"):
+    for option in ("--source", "--path", "--state", "--features-only", "--check"):
         assert option in text
     assert "{synthetic,rees46,retailrocket,taobao}" in text
 
@@ -95,7 +96,43 @@ def test_too_few_cutoffs_are_refused_before_anything_is_written(
     assert "need at least 8 consecutive cutoffs" in result.stderr
     assert "there are 3 cutoffs" in result.stderr
     assert "give more days of events" in result.stderr
+    assert "Or add --features-only" in result.stderr
     assert not state.exists()
+
+
+def test_features_only_on_the_rees46_sample_ends_with_the_summary_and_a_data_report(
+    tmp_path: Path, shared_datasets: Path
+) -> None:
+    """The sample too short to train on still loads: ingestion, the features and a report of
+    the data, whose figures match the file read independently; `--check` writes nothing."""
+    sample = shared_datasets / REES46_SAMPLE
+    state = tmp_path / "state"
+    options = ["run", "--source", "rees46", "--path", str(sample), "--cutoff-step", "1 hour"]
+    options += ["--lookback", "2 hours", "--horizon", "1 hour", "--state", str(state)]
+    checked = propensity(*options, "--features-only", "--check", home=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "3 cutoffs (1 with a complete label window)" in checked.stdout
+    assert "nothing was written" in checked.stdout and not state.exists()
+
+    result = propensity(*options, "--features-only", home=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = result.stdout[result.stdout.index("propensity run succeeded") :]
+    assert re.search(r"predictions\.user_propensity\s+not built", summary)
+    assert "No model has been trained in this state yet" in summary
+    events = pd.read_csv(sample).drop_duplicates()  # ingestion drops exact duplicates
+    assert re.search(rf"raw\.events\s+{len(events):,} rows", summary)
+    report = Path(re.search(r"^Report: (\S+report\.html)$", summary, re.M).group(1))
+    page = ReportPage.read(report)
+    assert page.headings == ["The data", "The models", "Checks and monitoring"]
+    figures = dict(row for row in page.tables[0][1:])
+    assert figures["events ingested"] == f"{len(events):,}"
+    assert figures["shoppers"] == f"{events['user_id'].nunique():,}"
+    assert figures["cutoffs (with a complete label window)"] == "3 (1)"
+    assert figures["rows quarantined"] == "0"
+
+    again = propensity("summary", "--state", str(state), home=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"Report: {report}" in again.stdout
 
 
 def test_without_a_pseudonym_key_nothing_is_read(tmp_path: Path, shared_datasets: Path) -> None:
