@@ -5,6 +5,7 @@ it, each in its own state folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -356,3 +357,13 @@ def test_the_retailrocket_sample_is_refused_for_want_of_returning_buyers(
     assert "9,385 rows, 46 purchases" in result.stderr
     assert "The validation role's label windows" in result.stderr
     assert "no purchase by a shopper seen in the lookback" in result.stderr
+
+
+def test_the_pre_flight_windows_default_to_the_dbt_vars_defaults() -> None:
+    """`propensity run` without window options must check the grid dbt will build: the
+    pre-flight's defaults (ml stays free of Dagster) are the feature asset's config defaults."""
+    from orchestration.defs.features import FeatureWindowConfig
+
+    dbt_defaults = FeatureWindowConfig()
+    for field in dataclasses.fields(Windows):
+        assert getattr(Windows(), field.name) == getattr(dbt_defaults, field.name), field.name
