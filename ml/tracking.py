@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+import shutil
 import subprocess
 import tempfile
 import time
@@ -39,10 +40,24 @@ DEFAULT_EXPERIMENT = "purchase-propensity"
 # The tag naming the process that runs an MLflow run ("<host>:<pid>", ml.liveness): a run left
 # RUNNING by a process that is gone is ended as KILLED (`end_orphaned_runs`).
 WORKER_TAG = "worker"
-# What loading the model needs besides this project's `ml` package (which must be importable:
-# the PythonModel is pickled by reference). Listed rather than inferred: MLflow's inference runs
-# the model in a subprocess and takes seconds per model.
-MODEL_REQUIREMENTS = ("mlflow", "xgboost", "numpy", "pandas", "cloudpickle")
+# What loading and calling a model needs (pinned at logging time). The model's own code, the
+# `ml` package, travels with it (`model_code_paths`), so the registered model loads where this
+# repository is not installed (`mlflow models serve`, a Docker image). scikit-learn, duckdb,
+# optuna and imbalanced-learn are imported by the `ml` modules the models unpickle from.
+# Listed rather than inferred: MLflow's inference runs the model in a subprocess and takes
+# seconds per model; tests/orchestration/fresh_env.py checks the list against what loading
+# imports.
+MODEL_REQUIREMENTS = (
+    "mlflow",
+    "xgboost",
+    "numpy",
+    "pandas",
+    "cloudpickle",
+    "scikit-learn",
+    "duckdb",
+    "optuna",
+    "imbalanced-learn",
+)
 # What each role of time is used for, in the model card and docs/models.md's words.
 ROLE_USES = {
     "train": "fitting (resampling touches only these rows)",
@@ -290,6 +305,16 @@ def pinned(packages: Sequence[str]) -> list[str]:
     return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in packages]
 
 
+def model_code_paths(work: Path) -> list[str]:
+    """The `ml` package, copied into `work` without caches, as `code_paths` of a pyfunc model:
+    the PythonModel is pickled by reference to its module, so loading needs this code."""
+    target = work / "model_code" / "ml"
+    shutil.copytree(
+        PROJECT_ROOT / "ml", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    return [str(target)]
+
+
 def log_model_with_evidence(
     *,
     family: str,
@@ -334,6 +359,7 @@ def log_model_with_evidence(
             input_example=input_example,
             registered_model_name=registered_model_name,
             pip_requirements=requirements,
+            code_paths=model_code_paths(work),
         )
         version = str(model_info.registered_model_version)
         client = mlflow.MlflowClient()

@@ -30,7 +30,14 @@ from ml.families.torch_seq.pyfunc import sequence_signature
 from ml.next_category.evaluation import CATEGORY_MODEL_NAME, CategoryEvaluation
 from ml.next_category.model import NextCategoryNet, TrainedCategoryModel, predict_category_proba
 from ml.splits import SplitData
-from ml.tracking import MODEL_REQUIREMENTS, LoggedModel, active_or_new_run, lineage_tags, pinned
+from ml.tracking import (
+    MODEL_REQUIREMENTS,
+    LoggedModel,
+    active_or_new_run,
+    lineage_tags,
+    model_code_paths,
+    pinned,
+)
 
 STATE_DICT_ARTIFACT = "state_dict"
 CONFIG_ARTIFACT = "model_config"
@@ -174,6 +181,7 @@ def log_category_model(
             input_example=sample.head(5),
             registered_model_name=model_name,
             pip_requirements=pinned((*MODEL_REQUIREMENTS, "torch")),
+            code_paths=model_code_paths(Path(tmp)),
         )
         version = str(model_info.registered_model_version)
         client = mlflow.MlflowClient()

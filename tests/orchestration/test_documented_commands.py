@@ -30,6 +30,8 @@ LONG_RUNS = {
     "test_an_example_config_runs_as_written",
     "propensity summary": "tests/orchestration/test_cli.py::"
     "test_a_small_run_on_a_taobao_file_ends_with_the_summary",
+    "mlflow models serve": "tests/orchestration/test_materialize.py::"
+    "test_full_pipeline_multiprocess_with_the_pool_then_a_night",
 }
 
 
@@ -108,6 +110,11 @@ def run_documented(command: str, checkout: Path, env: dict[str, str]) -> dict[st
         assert result.returncode == 0, f"{command}: {result.stderr}"
     elif words[0] == ".venv/bin/propensity":
         check_propensity(words, checkout, {**env, **assignments}, command)
+    elif words[0] == ".venv/bin/mlflow" and words[1:3] == ["models", "serve"]:
+        # A server: the test named in LONG_RUNS runs it on a registered champion.
+        result = shell(f"{shlex.join(words[:3])} --help")
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+        assert "fresh_env" in (PROJECT_ROOT / "tests/orchestration/test_materialize.py").read_text()
     elif program == "dagster asset":
         examples = [header_command(EXAMPLES / name) for name in SOURCE_EXAMPLES]
         assert words in [[w for w in e if w] for e in examples], (

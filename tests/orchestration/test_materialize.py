@@ -25,6 +25,7 @@ from orchestration.defs.jobs import CUTOFF_TAG, full_pipeline_job, multiprocess_
 from orchestration.defs.resources import WAREHOUSE_POOL
 from orchestration.instance import instance_settings
 from tests.conftest import query
+from tests.orchestration.fresh_env import check_registered_models_are_self_contained
 from tests.privacy_scan import files_holding, raw_user_ids, warehouse_leaks
 
 SMALL_SHOP = {"n_users": 1500, "days": 30, "seed": 3}
@@ -256,6 +257,15 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
     )[0]
     assert n_users == len(scored) and n_rows == n_named >= n_users
     assert n_probabilities == (n_rows if promoted else 0)
+
+    # Self-contained models: every registered version (both families, the category model, the
+    # encoder) loads and predicts as here where this repository is not installed, with only
+    # its own requirements, and `mlflow models serve` serves the champion there.
+    tracking_uri = f"sqlite:///{project_home / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    fresh = project_home.parent / "fresh"
+    fresh.mkdir()
+    assert check_registered_models_are_self_contained(tracking_uri, fresh) == 4
 
     # One night: the next day of the same shop lands, and the schedule's job runs on it.
     with dg.instance_for_test(overrides=instance_settings()) as instance:

@@ -15,6 +15,7 @@ nn.Module itself is never pickled: `load_context` rebuilds it from the config, o
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from ml.tracking import (
     LoggedModel,
     feature_signature,
     log_model_with_evidence,
+    model_code_paths,
     pinned,
 )
 
@@ -309,15 +311,17 @@ def log_encoder(
             [ColSpec(DataType.double, name) for name in python_model.predict(None, example).columns]
         ),
     )
-    info = mlflow.pyfunc.log_model(
-        name="encoder",
-        python_model=BehaviourEncoderModel(),
-        artifacts={ENCODER_ARTIFACT: str(encoder_file)},
-        signature=signature,
-        input_example=example,
-        registered_model_name=ENCODER_MODEL_NAME,
-        pip_requirements=pinned((*MODEL_REQUIREMENTS, "torch")),
-    )
+    with tempfile.TemporaryDirectory() as work:
+        info = mlflow.pyfunc.log_model(
+            name="encoder",
+            python_model=BehaviourEncoderModel(),
+            artifacts={ENCODER_ARTIFACT: str(encoder_file)},
+            signature=signature,
+            input_example=example,
+            registered_model_name=ENCODER_MODEL_NAME,
+            pip_requirements=pinned((*MODEL_REQUIREMENTS, "torch")),
+            code_paths=model_code_paths(Path(work)),
+        )
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_model_version_tag(
         ENCODER_MODEL_NAME, version, "family", BehaviourEncoderModel.family

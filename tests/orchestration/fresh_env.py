@@ -1,0 +1,234 @@
+"""A Python environment where this repository is not installed, for checking that registered
+models are self-contained: a new virtual environment that sees the project venv's packages
+(through a .pth line) but not its editable install of `ml` and `orchestration` (a .pth file of
+the project venv, which is not processed from there). What a shop's serving machine, or the
+image `mlflow models build-docker` makes from the model's requirements, would have.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+# Runs inside the fresh environment: loads each model, predicts on its own input example, and
+# lists the distributions that loading and predicting imported.
+_LOAD_AND_PREDICT = textwrap.dedent(
+    """
+    import importlib.metadata, importlib.util, json, sys
+    import mlflow
+    import pandas as pd
+
+    assert importlib.util.find_spec("ml") is None, "the repository is importable here"
+    results = {}
+    for uri in sys.argv[1:]:
+        model = mlflow.pyfunc.load_model(uri)
+        output = model.predict(model.input_example)
+        results[uri] = pd.DataFrame(output).to_json(orient="split", double_precision=6)
+    distributions = importlib.metadata.packages_distributions()
+    top_level = {name.split(".")[0] for name in sys.modules} - set(sys.stdlib_module_names)
+    imported = sorted({d for name in top_level for d in distributions.get(name, [])})
+    print(json.dumps({"predictions": results, "imported": imported}))
+    """
+)
+
+
+def fresh_python(folder: Path, requirements: list[str]) -> Path:
+    """The interpreter of a new venv under `folder` holding exactly what `requirements`
+    install (each and, transitively, what it requires, as installed in the project venv, linked
+    rather than copied): `pip install -r requirements.txt` without a network. The repository
+    itself is not among them."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    python = folder / "bin" / "python"
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    project_site = Path(sysconfig.get_paths()["purelib"])
+    for name in requirement_closure(requirements):
+        for entry in distribution_entries(name):
+            if (project_site / entry).exists() and not (site / entry).exists():
+                (site / entry).symlink_to(project_site / entry)
+        write_console_scripts(name, python)
+    return python
+
+
+def write_console_scripts(name: str, python: Path) -> None:
+    """The distribution's commands in the venv's bin/, as pip writes them (`mlflow models
+    serve` runs `uvicorn` from PATH)."""
+    import importlib.metadata
+
+    for entry_point in importlib.metadata.distribution(name).entry_points:
+        if entry_point.group != "console_scripts":
+            continue
+        module, _, attribute = entry_point.value.partition(":")
+        script = python.parent / entry_point.name
+        script.write_text(
+            f"#!{python}\nimport sys\nfrom {module} import {attribute.split('.')[0]}\n"
+            f"sys.exit({attribute}())\n"
+        )
+        script.chmod(0o755)
+
+
+def distribution_entries(name: str) -> set[str]:
+    """The top-level files and folders of site-packages that an installed distribution owns
+    (its packages, modules, shared-library folders and dist-info)."""
+    import importlib.metadata
+
+    files = importlib.metadata.files(name) or []
+    return {f.parts[0] for f in files if f.parts and f.parts[0] not in ("..", "__pycache__")}
+
+
+def clean_env(python: Path, tracking_uri: str) -> dict[str, str]:
+    """The venv's commands first, no PYTHONPATH (the repository stays out), the registry named
+    explicitly."""
+    return {
+        "PATH": f"{python.parent}:/usr/bin:/bin",
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "HOME": str(python.parent.parent),
+    }
+
+
+def load_and_predict(python: Path, uris: list[str], tracking_uri: str, cwd: Path) -> dict:
+    """{"predictions": {uri: output as split JSON}, "imported": [distributions]} from the fresh
+    environment, run from `cwd` (outside the repository)."""
+    result = subprocess.run(
+        [str(python), "-c", _LOAD_AND_PREDICT, *uris],
+        cwd=cwd,
+        env=clean_env(python, tracking_uri),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def prediction_json(uri: str) -> str:
+    """The same prediction in this process (the repository installed), for comparison."""
+    import mlflow
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(uri)
+    output = model.predict(model.input_example)
+    return pd.DataFrame(output).to_json(orient="split", double_precision=6)
+
+
+def requirement_closure(requirements: list[str]) -> set[str]:
+    """The distributions a set of requirements installs: each one and, transitively, what it
+    requires on this platform without extras (normalised names)."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    queue = [Requirement(line).name for line in requirements]
+    while queue:
+        name = canonicalize_name(queue.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            needs = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for line in needs:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                queue.append(requirement.name)
+    return seen
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve_and_invoke(
+    python: Path, model_uri: str, serving_input: str, tracking_uri: str, cwd: Path
+) -> str:
+    """`mlflow models serve` on `model_uri` in the fresh environment (local env manager,
+    127.0.0.1), one POST /invocations with `serving_input`; the response body."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(python), "-m", "mlflow", "models", "serve", "-m", model_uri]
+        + ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "-w", "1"],
+        cwd=cwd,
+        env=clean_env(python, tracking_uri),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read()[-4000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow models serve did not start"
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=serving_input.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read().decode()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def check_registered_models_are_self_contained(tracking_uri: str, work: Path) -> int:
+    """Every version of every registered model loads and predicts on its input example, in an
+    environment holding only its own requirements, exactly as here; `mlflow models serve`
+    serves the champion there. Returns the number of versions checked. The caller points
+    MLFLOW_TRACKING_URI at `tracking_uri`."""
+    import mlflow
+    import numpy as np
+
+    client = mlflow.MlflowClient(tracking_uri)
+    by_requirements: dict[tuple[str, ...], list[str]] = {}
+    for model in client.search_registered_models():
+        for version in client.search_model_versions(f"name='{model.name}'"):
+            uri = f"models:/{model.name}/{version.version}"
+            requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split()
+            by_requirements.setdefault(tuple(requirements), []).append(uri)
+    for index, (requirements, uris) in enumerate(sorted(by_requirements.items())):
+        python = fresh_python(work / f"env{index}", list(requirements))
+        result = load_and_predict(python, uris, tracking_uri, work)
+        for uri in uris:
+            assert result["predictions"][uri] == prediction_json(uri), uri
+        assert "shopper-propensity" not in result["imported"]
+        if any(uri.startswith("models:/purchase-propensity/") for uri in uris):
+            champion = "models:/purchase-propensity@champion"
+            if Path(mlflow.pyfunc.get_model_dependencies(champion)).read_text().split() == list(
+                requirements
+            ):
+                serving_input = Path(
+                    mlflow.artifacts.download_artifacts(f"{champion}/serving_input_example.json")
+                ).read_text()
+                served = json.loads(
+                    serve_and_invoke(python, champion, serving_input, tracking_uri, work)
+                )["predictions"]
+                model = mlflow.pyfunc.load_model(champion)
+                here = np.asarray(model.predict(model.input_example), dtype=float).ravel()
+                assert np.allclose(np.asarray(served, dtype=float).ravel(), here)
+    return sum(len(uris) for uris in by_requirements.values())
