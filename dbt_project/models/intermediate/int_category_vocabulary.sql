@@ -1,7 +1,10 @@
 {#-
   A compact integer index per category for user_sequences. Indexes follow the order in which
   categories were first seen, so events that arrive later never renumber an earlier category:
-  sequences at a past cutoff stay the same. Index 0 means "no category".
+  sequences at a past cutoff stay the same. Index 0 means "no category". In the `serving`
+  target it is the nightly run's vocabulary (source serving.category_vocabulary, the indexes
+  the models were trained on), and a category first seen in the request's events follows it,
+  as it would in the next nightly build.
 -#}
 
 with category_events as (
@@ -29,6 +32,29 @@ categories as (
 
 )
 
+{%- if target.name == 'serving' %},
+
+known as (
+
+    select category_idx, category_key, category_id, category_code, first_seen, n_events
+    from {{ source('serving', 'category_vocabulary') }}
+
+)
+
+select * from known
+union all
+select
+    (select coalesce(max(category_idx), 0) from known)
+    + row_number() over (order by first_seen, category_key)::integer as category_idx,
+    category_key,
+    category_id,
+    category_code,
+    first_seen,
+    n_events
+from categories
+where category_key not in (select category_key from known)
+{%- else %}
+
 select
     row_number() over (order by first_seen, category_key)::integer as category_idx,
     category_key,
@@ -37,3 +63,4 @@ select
     first_seen,
     n_events
 from categories
+{%- endif %}

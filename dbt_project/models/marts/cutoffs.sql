@@ -7,17 +7,27 @@
   time up to which the data is known to be complete (var('data_end'), else the as_of cutoff, else
   the newest event; macros/time_grid.sql). A file that ends at 16:00 leaves the window ending at
   the next midnight incomplete, although a cutoff follows it.
+
+  In the `serving` target the span comes from the scoring service (source serving.event_span):
+  the shop's first event from the nightly snapshot, the last bucket from the request's cutoff.
 -#}
 {%- set lookback_seconds = interval_seconds(var('lookback')) | int -%}
 
 with event_span as (
 
+    {% if target.name == 'serving' -%}
+    -- The scoring service: the shop's first event, and the request's cutoff as the last bucket
+    -- (one shopper's events cannot say where the shop's data starts).
+    select first_bucket, last_bucket, first_event_time, last_event_time
+    from {{ source('serving', 'event_span') }}
+    {%- else -%}
     select
         min(bucket) as first_bucket,
         max(bucket) as last_bucket,
         min(event_time) as first_event_time,
         max(event_time) as last_event_time
     from {{ ref('int_events') }}
+    {%- endif %}
 
 ),
 
