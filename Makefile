@@ -20,7 +20,7 @@ FIND_LINKS := $(if $(wildcard $(WHEELS)/*.whl),--find-links $(WHEELS))
 MANIFEST := dbt_project/target/manifest.json
 DBT_SOURCES := $(shell find dbt_project -path dbt_project/target -prune -o -type f \( -name '*.sql' -o -name '*.yml' -o -name '*.csv' \) -print)
 
-.PHONY: run nightly test lint format validate manifest ui bench clean
+.PHONY: serve run nightly test lint format validate manifest ui bench clean
 
 # --compile-bytecode: every step, test and dbt process imports mlflow, torch and dagster; with
 # PYTHONDONTWRITEBYTECODE set (as on these machines) nothing else would ever cache their bytecode
@@ -67,6 +67,11 @@ validate: $(MANIFEST)
 # also serves the Optuna dashboard on :8080 (OPTUNA_DASHBOARD_PORT). Ctrl-C stops them all.
 ui: $(MANIFEST)
 	$(BIN)/python -m orchestration.ui $(if $(filter 1 true yes,$(OPTUNA_DASHBOARD)),--optuna-dashboard)
+
+# The scoring service on http://127.0.0.1:8000 (SERVE_PORT), over what `make run` left: the
+# champion in MLflow and the snapshot the run published. OpenAPI docs at /docs.
+serve: $(MANIFEST)
+	$(BIN)/propensity serve --port $(or $(SERVE_PORT),8000)
 
 bench: $(MANIFEST)
 	$(BIN)/python bench/feature_build.py

@@ -147,28 +147,34 @@ def load_scoring_frame(warehouse: Path) -> tuple[pd.DataFrame, datetime]:
 
     The sequences come along so that whichever family is champion finds its inputs.
     """
-    sequence_columns, sequence_join = _sequences_select(True)
     with _connect(warehouse) as con:
         latest = con.sql("select cutoff_time from marts.cutoffs where is_latest").fetchall()
         if len(latest) != 1:
             raise ValueError(f"Expected one latest cutoff in marts.cutoffs, found {len(latest)}.")
         cutoff: datetime = latest[0][0]
-        feature_columns = _feature_columns(con)
-        frame = _to_frame(
-            con.sql(
-                f"""
-                select
-                    f.user_id, f.cutoff_time, {_features_select(feature_columns, "f")}
-                    {sequence_columns}
-                from marts.user_features as f
-                {sequence_join}
-                where f.cutoff_time = $cutoff
-                order by f.user_id
-                """,
-                params={"cutoff": cutoff},
-            )
+        return scoring_frame(con, cutoff), cutoff
+
+
+def scoring_frame(con: duckdb.DuckDBPyConnection, cutoff: datetime) -> pd.DataFrame:
+    """The model input at `cutoff` from a database laid out like the warehouse: the batch
+    scoring's (the warehouse) and the scoring service's (one shopper's tables, ml.serving)
+    alike, so both hand the models the same columns built the same way."""
+    sequence_columns, sequence_join = _sequences_select(True)
+    feature_columns = _feature_columns(con)
+    return _to_frame(
+        con.sql(
+            f"""
+            select
+                f.user_id, f.cutoff_time, {_features_select(feature_columns, "f")}
+                {sequence_columns}
+            from marts.user_features as f
+            {sequence_join}
+            where f.cutoff_time = $cutoff
+            order by f.user_id
+            """,
+            params={"cutoff": cutoff},
         )
-    return frame, cutoff
+    )
 
 
 def load_cutoffs(warehouse: Path) -> pd.DataFrame:

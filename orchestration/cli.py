@@ -195,6 +195,31 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="the state folder (default: $PROPENSITY_HOME, else the project's .local/)",
     )
+
+    serve = commands.add_parser(
+        "serve",
+        help="score shoppers over HTTP with the champion (FastAPI; docs at /docs)",
+        description=(
+            "The scoring service: POST /score and /score/batch, GET /health and /model, on "
+            "the state's published snapshot and MLflow registry. Swaps in a new champion or "
+            "snapshot when one appears."
+        ),
+        formatter_class=formatter,
+    )
+    serve.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="the state folder (default: $PROPENSITY_HOME, else the project's .local/)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind")
+    serve.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=10.0,
+        help="how often to look for a moved champion alias or a new snapshot",
+    )
     return main_parser
 
 
@@ -384,10 +409,39 @@ def summary_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_command(args: argparse.Namespace) -> int:
+    if args.state is not None:
+        use_state(args.state)
+    try:
+        pseudonym_salt()  # the service pseudonymises request ids as the warehouse did
+    except MissingSaltError as error:
+        print(f"propensity serve: {error}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from ml.serving.service import create_app
+    from orchestration.defs.serving import SNAPSHOT_FOLDER
+
+    try:
+        app = create_app(
+            settings.local_dir() / SNAPSHOT_FOLDER,
+            settings.mlflow_tracking_uri(),
+            poll_seconds=args.poll_seconds,
+        )
+    except (FileNotFoundError, LookupError) as error:
+        print(f"propensity serve: {error}", file=sys.stderr)
+        return 2
+    print(f"Serving on http://{args.host}:{args.port} (OpenAPI docs at /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "run":
         return run_command(args)
+    if args.command == "serve":
+        return serve_command(args)
     return summary_command(args)
 
 

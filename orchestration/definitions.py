@@ -18,6 +18,7 @@ def defs() -> dg.Definitions:
         reporting,
         scoring,
         sensors,
+        serving,
         training,
     )
     from orchestration.defs.progress import LOGGERS
@@ -38,6 +39,7 @@ def defs() -> dg.Definitions:
             scoring.propensity_scores,
             scoring.served_performance_monitor,
             reporting.run_report,
+            serving.serving_snapshot,
         ],
         asset_checks=checks.ASSET_CHECKS,
         jobs=[jobs.full_pipeline, jobs.nightly_retraining, jobs.ingest_landing, jobs.backfill_days],

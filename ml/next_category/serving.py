@@ -60,14 +60,26 @@ def rank_categories(frame: pd.DataFrame, tracking_uri: str, k: int = DEFAULT_K) 
     version = current_champion(client, CATEGORY_MODEL_NAME) if registered else None
     if version is not None:
         model = mlflow.pyfunc.load_model(f"models:/{CATEGORY_MODEL_NAME}@champion")
-        probabilities = model.unwrap_python_model().probabilities(frame)
-        top = top_categories(probabilities, k)
-        return CategoryRanking(
-            top,
-            np.take_along_axis(probabilities, top, axis=1),
-            f"{CATEGORY_MODEL_NAME} v{version}",
-            version,
-        )
+        return rank_with_model(frame, model, version, k)
+    return rank_with_baseline(frame, k)
+
+
+def rank_with_model(
+    frame: pd.DataFrame, model: mlflow.pyfunc.PyFuncModel, version: str, k: int = DEFAULT_K
+) -> CategoryRanking:
+    """A loaded `next-category` version's top k (the scoring service keeps it loaded)."""
+    probabilities = model.unwrap_python_model().probabilities(frame)
+    top = top_categories(probabilities, k)
+    return CategoryRanking(
+        top,
+        np.take_along_axis(probabilities, top, axis=1),
+        f"{CATEGORY_MODEL_NAME} v{version}",
+        version,
+    )
+
+
+def rank_with_baseline(frame: pd.DataFrame, k: int = DEFAULT_K) -> CategoryRanking:
+    """The shopper's most frequent categories, ties by popularity among the rows given."""
     history = frame["category_indexes"]
     counts = popularity(history, n_categories_of(history))
     scores = most_frequent(history, counts)

@@ -28,6 +28,7 @@ import duckdb
 import pandas as pd
 
 from ml.data.dbt_plugin import register_pseudonym
+from ml.dataset import scoring_frame
 from ml.preflight import parse_interval
 from ml.serving.sql import CompiledModel
 
@@ -48,6 +49,8 @@ class ShopperInputs:
     cutoff_time: datetime
     features: pd.DataFrame
     sequences: pd.DataFrame
+    model_input: pd.DataFrame  # as batch scoring builds it (ml.dataset.scoring_frame)
+    category_names: dict[int, str]
     history_events: int
     live_events: int
 
@@ -183,7 +186,11 @@ class FeatureEngine:
             sequences = con.execute(
                 "select * from marts.user_sequences where cutoff_time = ?", [cutoff]
             ).df()
-        return ShopperInputs(cutoff, features, sequences, int(history), live)
+            model_input = scoring_frame(con, cutoff)
+            names = dict(
+                con.execute("select category_idx, category_name from marts.categories").fetchall()
+            )
+        return ShopperInputs(cutoff, features, sequences, model_input, names, int(history), live)
 
     def _insert_live(
         self,

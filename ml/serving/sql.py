@@ -20,8 +20,9 @@ from typing import Any
 
 from ml.settings import DBT_PROJECT_DIR
 
-# What the service answers from, and so what it computes (with their ancestors).
-SERVED_MODELS = ("user_features", "user_sequences")
+# What the service answers from, and so what it computes (with their ancestors): the model
+# inputs, and the category names it shows.
+SERVED_MODELS = ("user_features", "user_sequences", "categories")
 
 
 @dataclass(frozen=True)
@@ -31,22 +32,30 @@ class CompiledModel:
     sql: str
 
 
-def compile_serving_models(dbt_vars: Mapping[str, Any]) -> list[CompiledModel]:
+def compile_serving_models(
+    dbt_vars: Mapping[str, Any], target_path: Path | None = None
+) -> list[CompiledModel]:
     """The ancestors of SERVED_MODELS and those models, compiled with `dbt_vars` (the nightly
-    run's), dependencies first."""
-    with tempfile.TemporaryDirectory() as target:
+    run's), dependencies first. With a `target_path` that persists between runs (the state
+    folder's), dbt parses only what changed: about 3 s instead of 6 on 2 cores."""
+    with tempfile.TemporaryDirectory() as scratch:
+        target = Path(target_path or scratch)
         dbt = Path(sys.executable).parent / "dbt"
-        subprocess.run(
+        result = subprocess.run(
             [str(dbt), "compile", "--quiet", "--profiles-dir", ".", "--target", "serving"]
-            + ["--target-path", target, "--log-path", target, "--no-partial-parse"]
+            + ["--target-path", str(target), "--log-path", str(target)]
+            + ([] if target_path else ["--no-partial-parse"])
             + ["--select", " ".join(f"+{name}" for name in SERVED_MODELS)]
             + ["--vars", json.dumps(dict(dbt_vars))],
             cwd=DBT_PROJECT_DIR,
-            check=True,
             capture_output=True,
             text=True,
         )
-        manifest = json.loads((Path(target) / "manifest.json").read_text())
+        if result.returncode != 0:
+            raise RuntimeError(
+                "dbt compile --target serving failed:\n" + (result.stdout + result.stderr)[-3000:]
+            )
+        manifest = json.loads((target / "manifest.json").read_text())
     models = {
         key: node
         for key, node in manifest["nodes"].items()

@@ -29,6 +29,7 @@ PRELOAD_MODULES = [
     "orchestration.defs.scoring",
     "orchestration.defs.checks",
     "orchestration.defs.reporting",
+    "orchestration.defs.serving",
 ]
 
 
