@@ -30,6 +30,7 @@ from ml.preflight import (
     utc_offset,
 )
 from tests.conftest import query
+from tests.orchestration.service_checks import check_the_service
 
 PROPENSITY = Path(sys.executable).parent / "propensity"
 REES46_SAMPLE = "rees46_oct2019_head/events.csv"
@@ -51,7 +52,8 @@ def propensity(*args: str, home: Path, development: bool = True) -> subprocess.C
 
 def test_help_documents_every_option_with_its_default(tmp_path: Path) -> None:
     top = propensity("--help", home=tmp_path)
-    assert top.returncode == 0 and "run" in top.stdout and "summary" in top.stdout
+    assert top.returncode == 0
+    assert all(command in top.stdout for command in ("run", "summary", "serve"))
     run = propensity("run", "--help", home=tmp_path)
     assert run.returncode == 0
     text = " ".join(run.stdout.split())
@@ -269,6 +271,9 @@ def test_a_small_run_on_a_taobao_file_ends_with_the_summary(tmp_path: Path) -> N
     assert champion in summary.stdout
     nothing = propensity("summary", "--state", str(tmp_path / "empty"), home=tmp_path)
     assert nothing.returncode == 2 and "nothing has run" in nothing.stderr
+
+    # The run published the serving snapshot: `propensity serve` answers on it.
+    check_the_service(state, tmp_path)
 
 
 class ReportPage(HTMLParser):
