@@ -6,9 +6,11 @@ It serves a state a run left (default: the project's `.local`, what `make run` l
 families registered, the snapshot published). For each family it moves the champion alias to
 that family's newest version, waits until the service has swapped, then sends a fixed number
 of requests (a count, not a duration) from `--clients` threads, each with its own keep-alive
-connection and one request in flight: single requests (one shopper "now" with a cart event of
-the session, the shopper drawn from those with 1 to 500 past events), then batch requests of
-`--batch` shoppers. Finally it moves the alias back and forth while the clients keep sending
+connection and one request in flight: single requests (one shopper as of the latest cutoff,
+with a cart event of the session five minutes before it; shoppers active there with at most
+500 past events), then batch requests of `--batch` such shoppers. As of the latest cutoff,
+not now: the demo shop's events are of 2025, and "now" would find every shopper cold.
+Finally it moves the alias back and forth while the clients keep sending
 single requests, and counts the failed ones. The load generator runs on the same 2 cores as
 the service: the figures are of the whole machine.
 
@@ -31,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -41,29 +43,38 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import PROJECT_ROOT, machine_info  # noqa: E402
+from ml.data.dbt_plugin import register_pseudonym  # noqa: E402
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 MODEL = "purchase-propensity"
 
 
-def shoppers(snapshot: Path, n: int, max_events: int = 500) -> list[str]:
-    """Raw ids of shoppers with 1..max_events stored events. The snapshot holds pseudonyms
-    only; the warehouse beside it maps them back (the bench reads the raw layer)."""
-    warehouse = snapshot.parent.parent / "warehouse.duckdb"
-    with duckdb.connect(str(warehouse), read_only=True) as con:
+def shoppers(state: Path, n: int, max_events: int = 500) -> tuple[list[str], str]:
+    """Raw ids of shoppers active at the latest cutoff (they have features there) with at most
+    `max_events` events before it, and that cutoff. Read from the warehouse (the bench may
+    read the raw layer; the snapshot has pseudonyms only)."""
+    with duckdb.connect() as con:
+        register_pseudonym(con)
+        con.execute(f"attach '{state / 'warehouse.duckdb'}' as wh (read_only)")
+        (cutoff,) = con.execute("select max(cutoff_time) from wh.marts.cutoffs").fetchall()[0]
         rows = con.execute(
             f"""
-            select user_id from raw.events group by user_id
-            having count(*) <= {max_events}
-            order by hash(user_id) limit {n}
-            """
+            with counts as (
+                select user_id as raw_id, pseudonym(user_id) as user_id from wh.raw.events
+                where event_time < ? group by user_id having count(*) <= {max_events}
+            )
+            select raw_id from counts join wh.marts.user_features f using (user_id)
+            where f.cutoff_time = ? order by hash(raw_id) limit {n}
+            """,
+            [cutoff, cutoff],
         ).fetchall()
-    return [row[0] for row in rows]
+    return [row[0] for row in rows], cutoff.isoformat()
 
 
-def cart_event() -> dict:
-    now = datetime.now(UTC).replace(tzinfo=None).isoformat()
-    return {"event_time": now, "event_type": "cart", "product_id": "1004767", "price": 25.0}
+def cart_event(cutoff: str) -> dict:
+    """A cart event of the session, five minutes before the cutoff asked about."""
+    at = (datetime.fromisoformat(cutoff) - timedelta(minutes=5)).isoformat()
+    return {"event_time": at, "event_type": "cart", "product_id": "1004767", "price": 25.0}
 
 
 class Client:
@@ -150,8 +161,7 @@ def main() -> int:
         if int(version.version) > int(newest.get(family, 0)):
             newest[family] = str(version.version)
     original = str(tracking.get_model_version_by_alias(MODEL, "champion").version)
-    snapshot = json.loads((state / "serving" / "current.json").read_text())["snapshot"]
-    ids = shoppers(state / "serving" / snapshot, args.requests)
+    ids, cutoff = shoppers(state, args.requests)
 
     env = {**os.environ, "PROPENSITY_DEVELOPMENT": os.environ.get("PROPENSITY_DEVELOPMENT", "1")}
     server = subprocess.Popen(
@@ -165,11 +175,21 @@ def main() -> int:
         for family, version in sorted(newest.items()):
             tracking.set_registered_model_alias(MODEL, "champion", version)
             wait_for(args.port, version)
-            singles = [("/score", {"user_id": i, "events": [cart_event()]}) for i in ids]
+            singles = [
+                ("/score", {"user_id": i, "as_of": cutoff, "events": [cart_event(cutoff)]})
+                for i in ids
+            ]
             load(args.port, singles[:20], args.clients)  # warm-up, not counted
             single = load(args.port, singles, args.clients)
             batches = [
-                ("/score/batch", {"requests": [{"user_id": i} for i in ids[k : k + args.batch]]})
+                (
+                    "/score/batch",
+                    {
+                        "requests": [
+                            {"user_id": i, "as_of": cutoff} for i in ids[k : k + args.batch]
+                        ]
+                    },
+                )
                 for k in range(0, args.batches * args.batch, args.batch)
             ]
             batch = load(args.port, batches, args.clients)
@@ -190,7 +210,7 @@ def main() -> int:
 
         mover = threading.Thread(target=move_alias)
         mover.start()
-        singles = [("/score", {"user_id": i}) for i in ids] * 2
+        singles = [("/score", {"user_id": i, "as_of": cutoff}) for i in ids] * 2
         swap = load(args.port, singles, args.clients)
         stop.set()
         mover.join()

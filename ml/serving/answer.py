@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
 from ml.dataset import KEY_COLUMNS
 from ml.next_category.serving import choose_actions, rank_with_baseline, rank_with_model
 from ml.registry import MODEL_NAME, predict_frame
@@ -21,59 +23,81 @@ COLD_START = (
 
 def answer(user_id: str, inputs: ShopperInputs, models: Loaded, k: int = 10) -> dict[str, Any]:
     """The response body of POST /score for one shopper."""
-    body: dict[str, Any] = {
+    return answer_many([(user_id, inputs)], models, k)[0]
+
+
+def answer_many(
+    shoppers: list[tuple[str, ShopperInputs]], models: Loaded, k: int = 10
+) -> list[dict[str, Any]]:
+    """The answers for several shoppers, the models called once on all the known ones (a
+    network or an explanation costs little more for ten rows than for one)."""
+    bodies = [_header(user_id, inputs, models) for user_id, inputs in shoppers]
+    known = [i for i, (_, inputs) in enumerate(shoppers) if inputs.known]
+    for i in set(range(len(shoppers))) - set(known):
+        bodies[i].update(COLD_START_BODY)
+    if not known:
+        return bodies
+    frame = pd.concat([shoppers[i][1].model_input for i in known], ignore_index=True)
+    names = shoppers[known[0]][1].category_names
+    features = frame.drop(columns=list(KEY_COLUMNS))
+    probabilities = predict_frame(models.propensity, features)
+    python_model = models.propensity.unwrap_python_model()
+    reasons: list[list[str | None]] = [[] for _ in known]
+    if hasattr(python_model, "contributions"):
+        reasons = top_drivers(python_model.contributions(features), features)
+    past_events: list[str | None] = [None] * len(known)
+    if hasattr(python_model, "event_reasons"):
+        past_events = list(python_model.event_reasons(frame, names))
+    if models.category is not None:
+        ranking = rank_with_model(frame, models.category, str(models.category_version), k)
+    else:
+        ranking = rank_with_baseline(frame, k)
+    actions = choose_actions(frame, ranking.categories[:, 0])
+    for row, i in enumerate(known):
+        categories = [
+            {
+                "category_idx": int(index),
+                "category": names.get(int(index)),
+                "probability": None
+                if ranking.probabilities is None
+                else float(ranking.probabilities[row, rank]),
+            }
+            for rank, index in enumerate(ranking.categories[row])
+            if int(index) > 0
+        ]
+        bodies[i].update(
+            {
+                "cold_start": False,
+                "probability": float(probabilities[row]),
+                "reasons": [r for r in reasons[row] if r],
+                "past_events": past_events[row],
+                "next_categories": categories,
+                "categories_from": ranking.source,
+                "action": {
+                    "action": str(actions["action"].iloc[row]),
+                    "category": names.get(int(actions["action_category_idx"].iloc[row])),
+                },
+            }
+        )
+    return bodies
+
+
+def _header(user_id: str, inputs: ShopperInputs, models: Loaded) -> dict[str, Any]:
+    return {
         "user_id": user_id,
         "cutoff": inputs.cutoff_time.isoformat(),
         "model": {"name": MODEL_NAME, "version": models.version, "family": models.family},
         "history_events": inputs.history_events,
         "live_events": inputs.live_events,
     }
-    if not inputs.known:
-        return {
-            **body,
-            "cold_start": True,
-            "probability": None,
-            "reasons": [],
-            "past_events": None,
-            "next_categories": [],
-            "action": None,
-            "message": COLD_START,
-        }
-    frame = inputs.model_input
-    features = frame.drop(columns=list(KEY_COLUMNS))
-    probability = float(predict_frame(models.propensity, features)[0])
-    python_model = models.propensity.unwrap_python_model()
-    reasons: list[str] = []
-    if hasattr(python_model, "contributions"):
-        reasons = [r for r in top_drivers(python_model.contributions(features), features)[0] if r]
-    past_events = None
-    if hasattr(python_model, "event_reasons"):
-        past_events = python_model.event_reasons(frame, inputs.category_names)[0]
-    if models.category is not None:
-        ranking = rank_with_model(frame, models.category, str(models.category_version), k)
-    else:
-        ranking = rank_with_baseline(frame, k)
-    probabilities = ranking.probabilities
-    categories = [
-        {
-            "category_idx": int(index),
-            "category": inputs.category_names.get(int(index)),
-            "probability": None if probabilities is None else float(probabilities[0, rank]),
-        }
-        for rank, index in enumerate(ranking.categories[0])
-        if int(index) > 0
-    ]
-    action = choose_actions(frame, ranking.categories[:, 0]).iloc[0]
-    return {
-        **body,
-        "cold_start": False,
-        "probability": probability,
-        "reasons": reasons,
-        "past_events": past_events,
-        "next_categories": categories,
-        "categories_from": ranking.source,
-        "action": {
-            "action": str(action["action"]),
-            "category": inputs.category_names.get(int(action["action_category_idx"])),
-        },
-    }
+
+
+COLD_START_BODY: dict[str, Any] = {
+    "cold_start": True,
+    "probability": None,
+    "reasons": [],
+    "past_events": None,
+    "next_categories": [],
+    "action": None,
+    "message": COLD_START,
+}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import queue
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -149,30 +149,42 @@ class FeatureEngine:
         at a moment `at` (the first cutoff after it, events before `at`). `live_events` are
         raw events in the canonical schema (event_time, event_type, product_id, category_id,
         category_code, brand, price, user_session), all of this shopper."""
-        if as_of is not None:
-            cutoff, events_before = as_of, as_of
-            if EPOCH + self.bucket(as_of) * self.step - self.offset != as_of:
-                raise CutoffError(f"{as_of} is not a cutoff of the grid ({self.step} steps)")
-        else:
-            moment = at or datetime.now(UTC).replace(tzinfo=None)
-            cutoff, events_before = self.cutoff_at(moment), moment
-        if self.bucket(cutoff) <= self.first_bucket:
-            raise CutoffError(f"The shop's data starts at {self.first_event_time}: not {cutoff}")
+        return self.inputs_many([(user_id, live_events)], as_of=as_of, at=at)[0]
+
+    def inputs_many(
+        self,
+        shoppers: Sequence[tuple[str, pd.DataFrame | None]],
+        *,
+        as_of: datetime | None = None,
+        at: datetime | None = None,
+    ) -> list[ShopperInputs]:
+        """`inputs` for several shoppers at one cutoff, in one pass of the statements (their
+        cost is mostly per pass, not per row: ten shoppers cost little more than one). The
+        models are per shopper, but for new categories: those first seen in this pass's live
+        events are numbered across its shoppers."""
+        ids = [user_id for user_id, _ in shoppers]
+        if len(set(ids)) != len(ids):
+            raise ValueError("Each shopper once per pass")
+        cutoff, events_before = self._cutoff(as_of, at)
         index = self.bucket(cutoff)
+        columns = ", ".join(
+            "?::varchar as user_id" if c == "user_key" else c for c in self.history_columns
+        )
         with self._connection() as con:
             con.execute("delete from raw.events")
-            columns = ", ".join(
-                "?::varchar as user_id" if c == "user_key" else c for c in self.history_columns
-            )
-            con.execute(
-                f"insert into raw.events select {columns} from snapshot.serving.events "
-                "where user_key = pseudonym(?) and event_time < ?",
-                [user_id, user_id, events_before],
-            )
-            history = con.execute("select count(*) from raw.events").fetchall()[0][0]
-            live = 0
-            if live_events is not None and len(live_events):
-                live = self._insert_live(con, user_id, live_events, events_before)
+            counts: dict[str, tuple[int, int]] = {}
+            for user_id, live_events in shoppers:
+                before = con.execute("select count(*) from raw.events").fetchall()[0][0]
+                con.execute(
+                    f"insert into raw.events select {columns} from snapshot.serving.events "
+                    "where user_key = pseudonym(?) and event_time < ?",
+                    [user_id, user_id, events_before],
+                )
+                history = con.execute("select count(*) from raw.events").fetchall()[0][0] - before
+                live = 0
+                if live_events is not None and len(live_events):
+                    live = self._insert_live(con, user_id, live_events, events_before)
+                counts[user_id] = (int(history), live)
             con.execute("delete from serving.event_span")
             con.execute(
                 "insert into serving.event_span values (?, ?, ?, ?)",
@@ -180,6 +192,11 @@ class FeatureEngine:
             )
             for statement in self.statements:
                 con.execute(f"create or replace table {statement.relation} as {statement.sql}")
+            keys = dict(
+                con.execute(
+                    "select raw_id, pseudonym(raw_id) from unnest(?::varchar[]) as t(raw_id)", [ids]
+                ).fetchall()
+            )
             features = con.execute(
                 "select * from marts.user_features where cutoff_time = ?", [cutoff]
             ).df()
@@ -190,7 +207,34 @@ class FeatureEngine:
             names = dict(
                 con.execute("select category_idx, category_name from marts.categories").fetchall()
             )
-        return ShopperInputs(cutoff, features, sequences, model_input, names, int(history), live)
+
+        def rows(frame: pd.DataFrame, user_id: str) -> pd.DataFrame:
+            return frame[frame["user_id"] == keys[user_id]].reset_index(drop=True)
+
+        return [
+            ShopperInputs(
+                cutoff,
+                rows(features, user_id),
+                rows(sequences, user_id),
+                rows(model_input, user_id),
+                names,
+                *counts[user_id],
+            )
+            for user_id in ids
+        ]
+
+    def _cutoff(self, as_of: datetime | None, at: datetime | None) -> tuple[datetime, datetime]:
+        """(the cutoff, the time the events must be before)."""
+        if as_of is not None:
+            cutoff, events_before = as_of, as_of
+            if EPOCH + self.bucket(as_of) * self.step - self.offset != as_of:
+                raise CutoffError(f"{as_of} is not a cutoff of the grid ({self.step} steps)")
+        else:
+            moment = at or datetime.now(UTC).replace(tzinfo=None)
+            cutoff, events_before = self.cutoff_at(moment), moment
+        if self.bucket(cutoff) <= self.first_bucket:
+            raise CutoffError(f"The shop's data starts at {self.first_event_time}: not {cutoff}")
+        return cutoff, events_before
 
     def _insert_live(
         self,

@@ -20,7 +20,7 @@ import pandas as pd
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from ml.serving.answer import answer
+from ml.serving.answer import answer_many
 from ml.serving.champions import Champions
 from ml.serving.features import CutoffError, FeatureEngine
 from ml.serving.snapshot import current_snapshot
@@ -79,6 +79,14 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     requests: list[ScoreRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
+    @field_validator("requests")
+    @classmethod
+    def each_shopper_once(cls, value: list[ScoreRequest]) -> list[ScoreRequest]:
+        ids = [request.user_id for request in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("each shopper at most once per batch")
+        return value
+
 
 class State:
     """What the service holds: the feature engine over the current snapshot and the
@@ -130,26 +138,41 @@ def create_app(
     )
     app.state.service = state
 
-    def score_one(request: ScoreRequest) -> dict[str, Any]:
+    def score_many(requests: list[ScoreRequest]) -> list[dict[str, Any]]:
+        """The requests at one cutoff each (those asking "now" share this moment's), one
+        pass of the feature statements per cutoff."""
         models = state.champions.current  # one reference: a swap mid-request changes nothing
         engine = state.engine
-        live = pd.DataFrame([event.model_dump() for event in request.events])
-        try:
-            if request.as_of is not None:
-                inputs = engine.inputs(request.user_id, as_of=request.as_of, live_events=live)
-            else:
-                inputs = engine.inputs(request.user_id, live_events=live)
-        except CutoffError as error:
-            raise HTTPException(status_code=422, detail=str(error)) from error
-        return answer(request.user_id, inputs, models)
+        now = datetime.now(UTC).replace(tzinfo=None)
+        answers: dict[int, dict[str, Any]] = {}
+        for as_of in dict.fromkeys(request.as_of for request in requests):
+            group = [(i, r) for i, r in enumerate(requests) if r.as_of == as_of]
+            shoppers = [
+                (r.user_id, pd.DataFrame([event.model_dump() for event in r.events]))
+                for _, r in group
+            ]
+            try:
+                inputs = engine.inputs_many(shoppers, as_of=as_of, at=None if as_of else now)
+            except CutoffError as error:
+                raise HTTPException(status_code=422, detail=str(error)) from error
+            bodies = answer_many(
+                [
+                    (request.user_id, shopper)
+                    for (_, request), shopper in zip(group, inputs, strict=True)
+                ],
+                models,
+            )
+            for (i, _), body in zip(group, bodies, strict=True):
+                answers[i] = body
+        return [answers[i] for i in range(len(requests))]
 
     @app.post("/score")
     def score(request: ScoreRequest) -> dict[str, Any]:
-        return score_one(request)
+        return score_many([request])[0]
 
     @app.post("/score/batch")
     def score_batch(batch: BatchRequest) -> dict[str, Any]:
-        return {"results": [score_one(request) for request in batch.requests]}
+        return {"results": score_many(batch.requests)}
 
     @app.get("/health")
     def health() -> dict[str, Any]:

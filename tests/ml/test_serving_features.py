@@ -105,17 +105,24 @@ def assert_same_rows(served: pd.DataFrame, batch: pd.DataFrame, what: str) -> No
 
 
 def test_as_of_a_cutoff_the_service_rows_are_the_marts_rows(shop: dict) -> None:
+    """One shopper per pass, and all of a cutoff's sampled shoppers in one pass."""
     engine = FeatureEngine(shop["snapshot"].path)
     pairs = pseudonymous_pairs(shop["warehouse"], cutoffs=3, rows=40)
     assert len(pairs) == 40 and len({cutoff for _, cutoff in pairs}) == 3
-    for raw_id, cutoff in pairs:
-        served = engine.inputs(raw_id, as_of=cutoff)
-        assert served.known and served.cutoff_time == cutoff
+    served = [(raw_id, engine.inputs(raw_id, as_of=cutoff)) for raw_id, cutoff in pairs[:8]]
+    for cutoff in sorted({cutoff for _, cutoff in pairs}):
+        ids = [raw_id for raw_id, at in pairs if at == cutoff]
+        many = engine.inputs_many([(raw_id, None) for raw_id in ids], as_of=cutoff)
+        served += list(zip(ids, many, strict=True))
+    assert len(served) == 48
+    for raw_id, inputs in served:
+        assert inputs.known and inputs.history_events > 0 and len(inputs.model_input) == 1
         for table, frame in (
-            ("user_features", served.features),
-            ("user_sequences", served.sequences),
+            ("user_features", inputs.features),
+            ("user_sequences", inputs.sequences),
         ):
-            assert_same_rows(frame, batch_rows(shop["warehouse"], table, raw_id, cutoff), table)
+            batch = batch_rows(shop["warehouse"], table, raw_id, inputs.cutoff_time)
+            assert_same_rows(frame, batch, table)
 
 
 def test_live_events_change_the_answer_as_ingesting_them_would(shop: dict) -> None:

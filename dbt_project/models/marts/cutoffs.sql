@@ -9,7 +9,8 @@
   the next midnight incomplete, although a cutoff follows it.
 
   In the `serving` target the span comes from the scoring service (source serving.event_span):
-  the shop's first event from the nightly snapshot, the last bucket from the request's cutoff.
+  the shop's first event from the nightly snapshot, the last bucket from the request's cutoff,
+  and the grid holds that one cutoff (no feature reads another cutoff's row).
 -#}
 {%- set lookback_seconds = interval_seconds(var('lookback')) | int -%}
 
@@ -35,7 +36,8 @@ cutoff_indexes as (
 
     select
         unnest(range(
-            first_bucket + 1,
+            {#- The scoring service needs only the request's cutoff (the last). #}
+            {% if target.name == 'serving' %}last_bucket + 1{% else %}first_bucket + 1{% endif %},
             {% if has_as_of() %}{{ as_of_index() }} + 1{% else %}last_bucket + 2{% endif %}
         )) as cutoff_index,
         first_bucket,
