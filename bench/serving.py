@@ -181,6 +181,8 @@ def main() -> int:
             ]
             load(args.port, singles[:20], args.clients)  # warm-up, not counted
             single = load(args.port, singles, args.clients)
+            plain = [(path, {**body, "explain": False}) for path, body in singles]
+            unexplained = load(args.port, plain, args.clients)
             batches = [
                 (
                     "/score/batch",
@@ -194,7 +196,12 @@ def main() -> int:
             ]
             batch = load(args.port, batches, args.clients)
             batch["shoppers_per_s"] = round(batch["requests_per_s"] * args.batch, 1)
-            results["families"][family] = {"version": version, "single": single, "batch": batch}
+            results["families"][family] = {
+                "version": version,
+                "single": single,
+                "single, explain false": unexplained,
+                "batch": batch,
+            }
             print(family, "single", single, "\n", family, "batch", batch, flush=True)
 
         # The hot swap under load: the alias moves twice while the clients keep sending.
@@ -228,7 +235,7 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|",
     ]
     for family, figures in results["families"].items():
-        for kind in ("single", "batch"):
+        for kind in ("single", "single, explain false", "batch"):
             f = figures[kind]
             lines.append(
                 f"| {family} v{figures['version']} | {kind} | {f['requests']} | {f['failed']} | "

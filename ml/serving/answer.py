@@ -23,11 +23,14 @@ COLD_START = (
 
 def answer(user_id: str, inputs: ShopperInputs, models: Loaded, k: int = 10) -> dict[str, Any]:
     """The response body of POST /score for one shopper."""
-    return answer_many([(user_id, inputs)], models, k)[0]
+    return answer_many([(user_id, inputs)], models, k=k)[0]
 
 
 def answer_many(
-    shoppers: list[tuple[str, ShopperInputs]], models: Loaded, k: int = 10
+    shoppers: list[tuple[str, ShopperInputs]],
+    models: Loaded,
+    k: int = 10,
+    explain: bool = True,
 ) -> list[dict[str, Any]]:
     """The answers for several shoppers, the models called once on all the known ones (a
     network or an explanation costs little more for ten rows than for one)."""
@@ -43,10 +46,10 @@ def answer_many(
     probabilities = predict_frame(models.propensity, features)
     python_model = models.propensity.unwrap_python_model()
     reasons: list[list[str | None]] = [[] for _ in known]
-    if hasattr(python_model, "contributions"):
+    if explain and hasattr(python_model, "contributions"):
         reasons = top_drivers(python_model.contributions(features), features)
     past_events: list[str | None] = [None] * len(known)
-    if hasattr(python_model, "event_reasons"):
+    if explain and hasattr(python_model, "event_reasons"):
         past_events = list(python_model.event_reasons(frame, names))
     if models.category is not None:
         ranking = rank_with_model(frame, models.category, str(models.category_version), k)

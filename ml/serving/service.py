@@ -66,6 +66,11 @@ class ScoreRequest(BaseModel):
         default=None,
         description="a cutoff of the grid (UTC), to replay a batch score; default: now",
     )
+    explain: bool = Field(
+        default=True,
+        description="the reasons in words and the past events that mattered (the sequence "
+        "model's cost most of its answer time); false: the probability, categories and action",
+    )
 
     @field_validator("as_of")
     @classmethod
@@ -139,14 +144,16 @@ def create_app(
     app.state.service = state
 
     def score_many(requests: list[ScoreRequest]) -> list[dict[str, Any]]:
-        """The requests at one cutoff each (those asking "now" share this moment's), one
-        pass of the feature statements per cutoff."""
+        """The requests grouped by cutoff (those asking "now" share this moment's) and by
+        `explain`: one pass of the feature statements and one call of the models per group."""
         models = state.champions.current  # one reference: a swap mid-request changes nothing
         engine = state.engine
         now = datetime.now(UTC).replace(tzinfo=None)
         answers: dict[int, dict[str, Any]] = {}
-        for as_of in dict.fromkeys(request.as_of for request in requests):
-            group = [(i, r) for i, r in enumerate(requests) if r.as_of == as_of]
+        for as_of, explain in dict.fromkeys((r.as_of, r.explain) for r in requests):
+            group = [
+                (i, r) for i, r in enumerate(requests) if (r.as_of, r.explain) == (as_of, explain)
+            ]
             shoppers = [
                 (r.user_id, pd.DataFrame([event.model_dump() for event in r.events]))
                 for _, r in group
@@ -161,6 +168,7 @@ def create_app(
                     for (_, request), shopper in zip(group, inputs, strict=True)
                 ],
                 models,
+                explain=explain,
             )
             for (i, _), body in zip(group, bodies, strict=True):
                 answers[i] = body
