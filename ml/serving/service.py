@@ -31,8 +31,17 @@ MAX_BATCH = 100
 CLOCK_SKEW = timedelta(minutes=1)
 DEFAULT_POLL_SECONDS = 10.0
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
-Text = Annotated[str, StringConstraints(max_length=1000)]
+# As ingestion validates a file's rows: no control character (NUL included) in any text, and
+# an id neither blank nor space-padded (" 7700019 " is not silently another shopper).
+_NO_CONTROL = r"[^\x00-\x1f\x7f]"
+_ID_END = r"[^\x00-\x20\x7f]"
+Identifier = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=200, pattern=rf"^{_ID_END}({_NO_CONTROL}*{_ID_END})?$"
+    ),
+]
+Text = Annotated[str, StringConstraints(max_length=1000, pattern=rf"^{_NO_CONTROL}*$")]
 
 
 class Event(BaseModel):

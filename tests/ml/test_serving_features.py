@@ -5,6 +5,7 @@ once those events are ingested. Real dbt builds on real DuckDB files, a real sna
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -205,3 +206,20 @@ def test_the_snapshot_holds_no_raw_id_and_no_key(shop: dict) -> None:
             ).fetchone()
             assert hits == 0, f"{schema}.{table}.{column}"
     assert pseudonym_salt() not in path.read_bytes()
+
+
+def test_publishing_again_repairs_a_killed_publication(shop: dict, tmp_path: Path) -> None:
+    """A publication killed before its rename leaves a temporary file, which the next one
+    removes; current.json always names a whole snapshot, and the three newest are kept."""
+    folder = tmp_path / "snapshots"
+    statements = FeatureEngine(shop["snapshot"].path).statements
+    first = publish_snapshot(shop["warehouse"], folder, {}, statements, "run-1")
+    (folder / "snapshot-20990101T000000-dead.duckdb.tmp").write_bytes(b"half a file")
+    published = [first.path]
+    for run in ("run-2", "run-3", "run-4"):
+        time.sleep(1.1)  # the file names carry the second
+        published.append(publish_snapshot(shop["warehouse"], folder, {}, statements, run).path)
+        assert current_snapshot(folder) == published[-1]
+    assert not list(folder.glob("*.tmp"))
+    assert sorted(folder.glob("snapshot-*.duckdb")) == published[-3:]
+    assert FeatureEngine(current_snapshot(folder)).info["run_id"] == "run-4"

@@ -200,8 +200,16 @@ def serve_and_invoke(
 def check_registered_models_are_self_contained(tracking_uri: str, work: Path) -> int:
     """Every version of every registered model loads and predicts on its input example, in an
     environment holding only its own requirements, exactly as here; `mlflow models serve`
-    serves the champion there. Returns the number of versions checked. The caller points
-    MLFLOW_TRACKING_URI at `tracking_uri`."""
+    serves the champion there. Returns the number of versions checked."""
+    # This process's MLflow may point at an earlier test's store (set_tracking_uri wins over
+    # the environment): use this registry here, and restore the previous one after.
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(tracking_uri):
+        return _check_self_contained(tracking_uri, work)
+
+
+def _check_self_contained(tracking_uri: str, work: Path) -> int:
     import mlflow
     import numpy as np
     import pandas as pd

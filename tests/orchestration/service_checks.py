@@ -156,6 +156,7 @@ def check_the_service(state: Path, home: Path) -> None:
             ({"user_id": "1", "events": unparseable}, "datetime"),
             ({"user_id": "1", "events": too_many}, "at most 500"),
             ({"user_id": " 1 "}, "pattern"),
+            ({"user_id": "a\u0000b"}, "pattern"),
             ({"user_id": "1", "as_of": "2017-12-01T05:00:00"}, "not a cutoff of the grid"),
             ({"requests": []}, "at least 1"),
             ({"requests": [{"user_id": "1"}, {"user_id": "1"}]}, "at most once per batch"),

@@ -262,7 +262,6 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
     # encoder) loads and predicts as here where this repository is not installed, with only
     # its own requirements, and `mlflow models serve` serves the champion there.
     tracking_uri = f"sqlite:///{project_home / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     fresh = project_home.parent / "fresh"
     fresh.mkdir()
     assert check_registered_models_are_self_contained(tracking_uri, fresh) == 4
