@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -38,6 +39,59 @@ _LOAD_AND_PREDICT = textwrap.dedent(
     print(json.dumps({"predictions": results, "imported": imported}))
     """
 )
+
+
+# Runs in the project's environment (this repository installed): every registered version
+# with its requirements, its predictions on its input example, and the champion's serving
+# input and predictions. In a subprocess: MLflow's tracking URI is process state (and
+# set_tracking_uri writes the environment), which a test must not change for later tests.
+_REGISTRY_HERE = textwrap.dedent(
+    """
+    import json, pathlib
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    client = mlflow.MlflowClient()
+    versions, predictions = {}, {}
+    for model in client.search_registered_models():
+        for version in client.search_model_versions(f"name='{model.name}'"):
+            uri = f"models:/{model.name}/{version.version}"
+            path = mlflow.pyfunc.get_model_dependencies(uri)
+            versions[uri] = pathlib.Path(path).read_text().split()
+            loaded = mlflow.pyfunc.load_model(uri)
+            output = loaded.predict(loaded.input_example)
+            predictions[uri] = pd.DataFrame(output).to_json(orient="split", double_precision=15)
+    champion = "models:/purchase-propensity@champion"
+    serving_input = pathlib.Path(
+        mlflow.artifacts.download_artifacts(f"{champion}/serving_input_example.json")
+    ).read_text()
+    loaded = mlflow.pyfunc.load_model(champion)
+    scores = np.asarray(loaded.predict(loaded.input_example), dtype=float).ravel().tolist()
+    print(json.dumps({
+        "versions": versions,
+        "predictions": predictions,
+        "champion_requirements": pathlib.Path(
+            mlflow.pyfunc.get_model_dependencies(champion)
+        ).read_text().split(),
+        "serving_input": serving_input,
+        "champion_scores": scores,
+    }))
+    """
+)
+
+
+def registry_here(tracking_uri: str) -> dict:
+    """What _REGISTRY_HERE prints, for the registry at `tracking_uri`."""
+    result = subprocess.run(
+        [sys.executable, "-c", _REGISTRY_HERE],
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def fresh_python(folder: Path, requirements: list[str]) -> Path:
@@ -115,16 +169,6 @@ def load_and_predict(python: Path, uris: list[str], tracking_uri: str, cwd: Path
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def prediction_json(uri: str) -> str:
-    """The same prediction in this process (the repository installed), for comparison."""
-    import mlflow
-    import pandas as pd
-
-    model = mlflow.pyfunc.load_model(uri)
-    output = model.predict(model.input_example)
-    return pd.DataFrame(output).to_json(orient="split", double_precision=15)
-
-
 def requirement_closure(requirements: list[str]) -> set[str]:
     """The distributions a set of requirements installs: each one and, transitively, what it
     requires on this platform without extras (normalised names)."""
@@ -199,49 +243,29 @@ def serve_and_invoke(
 
 def check_registered_models_are_self_contained(tracking_uri: str, work: Path) -> int:
     """Every version of every registered model loads and predicts on its input example, in an
-    environment holding only its own requirements, exactly as here; `mlflow models serve`
-    serves the champion there. Returns the number of versions checked."""
-    # This process's MLflow may point at an earlier test's store (set_tracking_uri wins over
-    # the environment): use this registry here, and restore the previous one after.
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-    with _use_tracking_uri(tracking_uri):
-        return _check_self_contained(tracking_uri, work)
-
-
-def _check_self_contained(tracking_uri: str, work: Path) -> int:
-    import mlflow
+    environment holding only its own requirements, as in the project's environment; `mlflow
+    models serve` serves the champion there. Returns the number of versions checked."""
     import numpy as np
     import pandas as pd
 
-    client = mlflow.MlflowClient(tracking_uri)
+    here = registry_here(tracking_uri)
     by_requirements: dict[tuple[str, ...], list[str]] = {}
-    for model in client.search_registered_models():
-        for version in client.search_model_versions(f"name='{model.name}'"):
-            uri = f"models:/{model.name}/{version.version}"
-            requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split()
-            by_requirements.setdefault(tuple(requirements), []).append(uri)
+    for uri, requirements in here["versions"].items():
+        by_requirements.setdefault(tuple(requirements), []).append(uri)
     for index, (requirements, uris) in enumerate(sorted(by_requirements.items())):
         python = fresh_python(work / f"env{index}", list(requirements))
         result = load_and_predict(python, uris, tracking_uri, work)
         for uri in uris:
             # The same numbers up to float rounding (threaded sums may differ in the last bits).
             there = pd.read_json(io.StringIO(result["predictions"][uri]), orient="split")
-            here = pd.read_json(io.StringIO(prediction_json(uri)), orient="split")
-            pd.testing.assert_frame_equal(there, here, check_exact=False, rtol=1e-6, obj=uri)
+            mine = pd.read_json(io.StringIO(here["predictions"][uri]), orient="split")
+            pd.testing.assert_frame_equal(there, mine, check_exact=False, rtol=1e-6, obj=uri)
         assert "shopper-propensity" not in result["imported"]
-        if any(uri.startswith("models:/purchase-propensity/") for uri in uris):
+        if list(requirements) == here["champion_requirements"]:
             champion = "models:/purchase-propensity@champion"
-            if Path(mlflow.pyfunc.get_model_dependencies(champion)).read_text().split() == list(
-                requirements
-            ):
-                serving_input = Path(
-                    mlflow.artifacts.download_artifacts(f"{champion}/serving_input_example.json")
-                ).read_text()
-                served = json.loads(
-                    serve_and_invoke(python, champion, serving_input, tracking_uri, work)
-                )["predictions"]
-                model = mlflow.pyfunc.load_model(champion)
-                here = np.asarray(model.predict(model.input_example), dtype=float).ravel()
-                assert np.allclose(np.asarray(served, dtype=float).ravel(), here)
-    return sum(len(uris) for uris in by_requirements.values())
+            served = json.loads(
+                serve_and_invoke(python, champion, here["serving_input"], tracking_uri, work)
+            )["predictions"]
+            served_scores = np.asarray(served, dtype=float).ravel()
+            assert np.allclose(served_scores, here["champion_scores"], rtol=1e-6)
+    return len(here["versions"])
