@@ -1,4 +1,4 @@
-"""One shopper's answer: the calibrated purchase probability, its reasons in words, the next
+"""The answers for shoppers: the calibrated purchase probability, its reasons in words, the next
 categories and the action, from the same model input and the same code as batch scoring
 (`ml.scoring`, `ml.next_category.serving`)."""
 
@@ -19,11 +19,6 @@ COLD_START = (
     "No event of this shopper in the lookback before the cutoff: the models have nothing to "
     "score (a cold start). Send the session's events to score them."
 )
-
-
-def answer(user_id: str, inputs: ShopperInputs, models: Loaded, k: int = 10) -> dict[str, Any]:
-    """The response body of POST /score for one shopper."""
-    return answer_many([(user_id, inputs)], models, k=k)[0]
 
 
 def answer_many(

@@ -86,6 +86,8 @@ class FeatureEngine:
                     "'serving' and table_name = 'events' order by ordinal_position"
                 ).fetchall()
             ]
+        # raw.events of each connection: the snapshot's columns, the request's id for the key.
+        self.raw_columns = ["user_id" if c == "user_key" else c for c in self.history_columns]
         self.dbt_vars = json.loads(info["dbt_vars"])
         self.info = info
         self.step = parse_interval(self.dbt_vars.get("cutoff_step", "1 day"))
@@ -105,11 +107,9 @@ class FeatureEngine:
         con.execute("attach ? as snapshot (read_only)", [str(self.snapshot)])
         for layer in LAYERS:
             con.execute(f"create schema {layer}")
-        raw_columns = [
-            c if c != "user_key" else "''::varchar as user_id" for c in self.history_columns
-        ]
+        columns = ["''::varchar as user_id" if c == "user_id" else c for c in self.raw_columns]
         con.execute(
-            f"create table raw.events as select {', '.join(raw_columns)} "
+            f"create table raw.events as select {', '.join(columns)} "
             "from snapshot.serving.events limit 0"
         )
         con.execute(
@@ -249,17 +249,10 @@ class FeatureEngine:
         frame["user_id"] = user_id
         con.register("live_events", frame)
         try:
-            raw_columns = [
-                name
-                for (name,) in con.execute(
-                    "select column_name from information_schema.columns where table_schema = "
-                    "'raw' and table_name = 'events' order by ordinal_position"
-                ).fetchall()
-            ]
             given = set(frame.columns)
             select = ", ".join(
                 name if name in given else _LIVE_DEFAULTS.get(name, f"null as {name}")
-                for name in raw_columns
+                for name in self.raw_columns
             )
             before = con.execute("select count(*) from raw.events").fetchall()[0][0]
             con.execute(
@@ -277,12 +270,3 @@ _LIVE_DEFAULTS = {
     "line_number": "0 as line_number",
     "ingested_at": "now()::timestamp as ingested_at",
 }
-
-
-def shopper_frame(rows: list[dict]) -> pd.DataFrame:
-    """Live events as a frame of the canonical columns (missing ones null)."""
-    columns = ["event_time", "event_type", "product_id", "category_id", "category_code"]
-    columns += ["brand", "price", "user_session"]
-    frame = pd.DataFrame(rows, columns=columns)
-    frame["event_time"] = pd.to_datetime(frame["event_time"]).astype("datetime64[us]")
-    return frame

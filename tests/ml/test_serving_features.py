@@ -16,6 +16,7 @@ import pytest
 from ml.data.dbt_plugin import register_pseudonym
 from ml.data.ingest import ingest_paths
 from ml.data.pseudonyms import pseudonym_salt
+from ml.data.sources import CANONICAL_FIELDS
 from ml.data.synthetic import SyntheticConfig, generate_events
 from ml.serving.features import CutoffError, FeatureEngine
 from ml.serving.snapshot import current_snapshot, publish_snapshot
@@ -23,16 +24,8 @@ from ml.serving.sql import compile_serving_models
 from tests.conftest import query, run_dbt
 
 SHOP = SyntheticConfig(n_users=300, days=20, seed=11)
-LIVE_COLUMNS = [
-    "event_time",
-    "event_type",
-    "product_id",
-    "category_id",
-    "category_code",
-    "brand",
-    "price",
-    "user_session",
-]
+# Live events carry every canonical field but the shopper, whom the request names.
+LIVE_COLUMNS = [name for name in CANONICAL_FIELDS if name != "user_id"]
 
 
 def build(folder: Path, landing: Path, before: datetime | None = None) -> Path:
