@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -67,6 +69,18 @@ def run_dbt(
     if check:
         assert result.returncode == 0, f"dbt {command} failed:\n{result.stdout[-4000:]}"
     return result
+
+
+@contextmanager
+def keyed_warehouse(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory connection with `pseudonym()` registered and `warehouse` attached
+    read-only as `wh`: tests map raw ids (they may read the raw layer) to the marts' keys."""
+    from ml.data.dbt_plugin import register_pseudonym
+
+    with duckdb.connect() as con:
+        register_pseudonym(con)
+        con.execute("attach ? as wh (read_only)", [str(warehouse)])
+        yield con
 
 
 def query(warehouse: Path, sql: str) -> list[tuple]:

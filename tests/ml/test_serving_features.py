@@ -13,7 +13,6 @@ import duckdb
 import pandas as pd
 import pytest
 
-from ml.data.dbt_plugin import register_pseudonym
 from ml.data.ingest import ingest_paths
 from ml.data.pseudonyms import pseudonym_salt
 from ml.data.sources import CANONICAL_FIELDS
@@ -21,7 +20,7 @@ from ml.data.synthetic import SyntheticConfig, generate_events
 from ml.serving.features import CutoffError, FeatureEngine
 from ml.serving.snapshot import current_snapshot, publish_snapshot
 from ml.serving.sql import compile_serving_models
-from tests.conftest import query, run_dbt
+from tests.conftest import keyed_warehouse, query, run_dbt
 
 SHOP = SyntheticConfig(n_users=300, days=20, seed=11)
 # Live events carry every canonical field but the shopper, whom the request names.
@@ -58,9 +57,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def pseudonymous_pairs(warehouse: Path, cutoffs: int, rows: int) -> list[tuple[str, datetime]]:
     """(raw user id, cutoff) of a sample of feature rows at the newest `cutoffs` cutoffs."""
-    with duckdb.connect() as con:
-        register_pseudonym(con)
-        con.execute(f"attach '{warehouse}' as wh (read_only)")
+    with keyed_warehouse(warehouse) as con:
         return con.execute(
             f"""
             with ids as (select distinct user_id as raw_id from wh.raw.events),
@@ -77,9 +74,7 @@ def pseudonymous_pairs(warehouse: Path, cutoffs: int, rows: int) -> list[tuple[s
 
 
 def batch_rows(warehouse: Path, table: str, raw_id: str, cutoff: datetime) -> pd.DataFrame:
-    with duckdb.connect() as con:
-        register_pseudonym(con)
-        con.execute(f"attach '{warehouse}' as wh (read_only)")
+    with keyed_warehouse(warehouse) as con:
         return con.execute(
             f"select * from wh.marts.{table} where user_id = pseudonym(?) and cutoff_time = ?",
             [raw_id, cutoff],

@@ -17,10 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import mlflow
 
-from ml.data.dbt_plugin import register_pseudonym
+from tests.conftest import keyed_warehouse
 from tests.orchestration.fresh_env import free_port
 
 PROPENSITY = Path(sys.executable).parent / "propensity"
@@ -77,9 +76,7 @@ class Service:
 
 def batch_scores(state: Path, rows: int) -> list[tuple[str, float, datetime]]:
     """(raw id, batch score, cutoff) of `rows` shoppers scored at the latest cutoff."""
-    with duckdb.connect() as con:
-        register_pseudonym(con)
-        con.execute(f"attach '{state / 'warehouse.duckdb'}' as wh (read_only)")
+    with keyed_warehouse(state / "warehouse.duckdb") as con:
         return con.execute(
             f"""
             with ids as (select distinct user_id as raw_id from wh.raw.events),
