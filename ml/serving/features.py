@@ -174,13 +174,12 @@ class FeatureEngine:
             con.execute("delete from raw.events")
             counts: dict[str, tuple[int, int]] = {}
             for user_id, live_events in shoppers:
-                before = con.execute("select count(*) from raw.events").fetchall()[0][0]
-                con.execute(
+                # An insert answers the number of rows it inserted.
+                (history,) = con.execute(
                     f"insert into raw.events select {columns} from snapshot.serving.events "
                     "where user_key = pseudonym(?) and event_time < ?",
                     [user_id, user_id, events_before],
-                )
-                history = con.execute("select count(*) from raw.events").fetchall()[0][0] - before
+                ).fetchall()[0]
                 live = 0
                 if live_events is not None and len(live_events):
                     live = self._insert_live(con, user_id, live_events, events_before)
@@ -254,12 +253,11 @@ class FeatureEngine:
                 name if name in given else _LIVE_DEFAULTS.get(name, f"null as {name}")
                 for name in self.raw_columns
             )
-            before = con.execute("select count(*) from raw.events").fetchall()[0][0]
-            con.execute(
+            (inserted,) = con.execute(
                 f"insert into raw.events select {select} from live_events where event_time < ?",
                 [events_before],
-            )
-            return con.execute("select count(*) from raw.events").fetchall()[0][0] - before
+            ).fetchall()[0]
+            return int(inserted)
         finally:
             con.unregister("live_events")
 
