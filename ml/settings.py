@@ -50,10 +50,42 @@ def mlflow_artifacts_dir() -> Path:
     return _path_from_env("PROPENSITY_MLFLOW_ARTIFACTS", local_dir() / "mlartifacts")
 
 
+def mlflow_artifact_location() -> str | None:
+    """The artifact location a new experiment is created with: PROPENSITY_MLFLOW_ARTIFACTS when
+    set; None (the server's own artifact root, which every machine reaches through it) when
+    MLFLOW_TRACKING_URI is an MLflow server; else `mlflow_artifacts_dir()`."""
+    if os.environ.get("PROPENSITY_MLFLOW_ARTIFACTS"):
+        return str(mlflow_artifacts_dir())
+    if mlflow_tracking_uri().startswith(("http://", "https://")):
+        return None
+    return str(mlflow_artifacts_dir())
+
+
 def optuna_storage() -> str:
     """Optuna storage: a journal file path, or an RDB URL such as postgresql://... for several
     machines (PROPENSITY_OPTUNA_STORAGE, default `.local/optuna.journal`)."""
     return os.environ.get("PROPENSITY_OPTUNA_STORAGE") or str(local_dir() / "optuna.journal")
+
+
+def optuna_heartbeat_seconds() -> int:
+    """Seconds between a running trial's heartbeats in an RDB storage
+    (PROPENSITY_OPTUNA_HEARTBEAT_SECONDS, default 60); a trial silent for three of them is
+    failed and queued again."""
+    value = os.environ.get("PROPENSITY_OPTUNA_HEARTBEAT_SECONDS") or "60"
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"PROPENSITY_OPTUNA_HEARTBEAT_SECONDS must be a number >= 1: {value}")
+    return int(value)
+
+
+def without_password(url: str) -> str:
+    """`url` with its password masked, for logs and metadata: a storage URL such as
+    postgresql://user:secret@host/db names a secret that must not land on disk."""
+    scheme, separator, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not separator or not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{location}"
 
 
 def training_dir() -> Path:

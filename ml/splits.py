@@ -356,19 +356,27 @@ def save_split_snapshot(labeled: LabeledFeatures, split: TimeSplit, folder: Path
     return snapshot_id
 
 
-def load_split_snapshot(folder: Path, with_sequences: bool = False) -> tuple[SplitData, str]:
-    """The current snapshot's roles as SplitData (sequences and the next-category target only
-    when asked for) and its id.
+def load_split_snapshot(
+    folder: Path, with_sequences: bool = False, snapshot_id: str = ""
+) -> tuple[SplitData, str]:
+    """The current snapshot's roles (or snapshot `snapshot_id`'s) as SplitData (sequences and
+    the next-category target only when asked for) and its id.
 
-    Raises FileNotFoundError with what to materialize when there is no snapshot yet.
+    Raises FileNotFoundError with what to materialize when there is no such snapshot.
     """
     pointer = Path(folder) / SNAPSHOT_POINTER
-    if not pointer.exists():
-        raise FileNotFoundError(
-            f"No split snapshot in {folder}: materialize training/time_split first"
-        )
-    snapshot_id = json.loads(pointer.read_text())["snapshot_id"]
+    if not snapshot_id:
+        if not pointer.exists():
+            raise FileNotFoundError(
+                f"No split snapshot in {folder}: materialize training/time_split first"
+            )
+        snapshot_id = json.loads(pointer.read_text())["snapshot_id"]
     target = Path(folder) / snapshot_id
+    if not (target / SNAPSHOT_ROLES).exists():
+        raise FileNotFoundError(
+            f"Split snapshot {snapshot_id} is not in {folder} (only the newest "
+            f"{SNAPSHOTS_KEPT} are kept): materialize training/time_split again"
+        )
     roles = json.loads((target / SNAPSHOT_ROLES).read_text())
     columns = None
     if not with_sequences:

@@ -23,10 +23,12 @@ was fitted on, so the final model asset can reuse it instead of fitting it a sec
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -36,7 +38,7 @@ from typing import Any
 import mlflow
 import optuna
 from mlflow.entities import Metric
-from optuna.storages import JournalStorage
+from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -54,8 +56,8 @@ STOPPED_AT_ATTR = "stopped_at_step"
 BEST_STEP_ATTR = "best_step"
 # The user attribute naming the process that runs a trial ("<host>:<pid>", ml.liveness).
 WORKER_ATTR = "worker"
-# Seconds between heartbeats of a trial in an RDB storage.
-HEARTBEAT_SECONDS = 60
+# How many times a trial whose worker died is queued again (RetryHeartbeatStaleTrialCallback).
+MAX_TRIAL_RETRIES = 3
 # MLflow takes at most this many metrics per log_batch call.
 MLFLOW_BATCH_LIMIT = 1000
 # The kept best model's description, beside its files.
@@ -102,6 +104,11 @@ class TuningResult:
     n_complete: int
     n_trials_requested: int
     timed_out: bool
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    RETRY_FAILED_TRIAL = RetryHeartbeatStaleTrialCallback(max_retry=MAX_TRIAL_RETRIES)
 
 
 class StudyTimedOut(Exception):
@@ -159,10 +166,19 @@ def optuna_storage(storage: str) -> optuna.storages.BaseStorage:
         raise ValueError("No Optuna storage given: pass a journal file path or an RDB URL")
     if "://" in storage:
         # Heartbeats: a trial whose worker stops beating for grace_period seconds is failed
-        # when the next trial of the study starts (optuna.storages.fail_stale_trials).
-        return optuna.storages.RDBStorage(
-            storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS
-        )
+        # when the next trial of the study starts (optuna.storages.fail_stale_trials), and
+        # queued again with the same parameters, so that the study's budget is still met.
+        heartbeat = settings.optuna_heartbeat_seconds()
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.x
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                storage,
+                heartbeat_interval=heartbeat,
+                grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=RETRY_FAILED_TRIAL,
+                # Workers on several machines keep connections open for hours.
+                engine_kwargs={"pool_pre_ping": True},
+            )
     path = Path(storage).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
@@ -194,11 +210,13 @@ def open_study(
 
 
 def fail_orphaned_trials(
-    study: optuna.Study, log: Callable[[str], None] = lambda _: None
+    study: optuna.Study, log: Callable[[str], None] = lambda _: None, retry: bool = False
 ) -> list[int]:
     """Fails the study's RUNNING trials whose worker process is gone (killed mid-trial), so
     that they are never mistaken for trials in progress; returns their numbers. Trials of live
-    workers, of other hosts and without a worker label are left alone."""
+    workers, of other hosts and without a worker label are left alone. With `retry`, each is
+    queued again with its parameters (as a heartbeat does in an RDB storage), so that a
+    budget of queued trials is still met (`ml.tuning_workers`)."""
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(trial.user_attrs.get(WORKER_ATTR, ""))
@@ -212,6 +230,8 @@ def fail_orphaned_trials(
             continue  # another process failed it first
         log(f"trial {trial.number} of {study.study_name!r} failed: {reason}")
         failed.append(trial.number)
+        if retry:  # from the RUNNING copy: the retry does not inherit the reason above
+            RETRY_FAILED_TRIAL(study, copy.deepcopy(trial))
     return failed
 
 
@@ -240,20 +260,7 @@ def run_trials(
         nonlocal timed_out
         run_here.append(trial.number)
         stopped = trial.user_attrs.get(STOPPED_REASON_ATTR)
-        if trial.state == TrialState.COMPLETE:
-            outcome = f"validation PR-AUC {trial.value:.4f}"
-        elif trial.state == TrialState.PRUNED:
-            outcome = f"pruned at {step_name} {trial.last_step}"
-        elif stopped:
-            outcome = f"stopped: {stopped}"
-        else:
-            outcome = trial.state.name.lower()
-        best = best_trial(study)
-        best_text = f"best {best.value:.4f} (trial {best.number})" if best else "no best yet"
-        log(
-            f"trial {trial.number} ({len(run_here)}/{n_trials} this run): "
-            f"{describe(trial)} -> {outcome}; {best_text}"
-        )
+        log(trial_line(study, trial, f"{len(run_here)}/{n_trials} this run", describe, step_name))
         if stopped or (deadline.passed() and len(run_here) < n_trials):
             timed_out = True
             study.stop()
@@ -278,9 +285,34 @@ def run_trials(
     return TrialsRun(best, trials, n_trials, timed_out)
 
 
+def trial_line(
+    study: optuna.Study,
+    trial: FrozenTrial,
+    progress: str,
+    describe: Callable[[FrozenTrial], str],
+    step_name: str,
+) -> str:
+    """The one log line of a finished trial: what it tried, how it ended, the best so far."""
+    stopped = trial.user_attrs.get(STOPPED_REASON_ATTR)
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"validation PR-AUC {trial.value:.4f}"
+    elif trial.state == TrialState.PRUNED:
+        outcome = f"pruned at {step_name} {trial.last_step}"
+    elif stopped:
+        outcome = f"stopped: {stopped}"
+    else:
+        outcome = trial.state.name.lower()
+    best = best_trial(study)
+    best_text = f"best {best.value:.4f} (trial {best.number})" if best else "no best yet"
+    return f"trial {trial.number} ({progress}): {describe(trial)} -> {outcome}; {best_text}"
+
+
 @contextmanager
-def trial_mlflow_run(trial: optuna.Trial, tags: dict[str, Any]) -> Iterator[None]:
-    """A nested MLflow run "trial-<number>" around a trial's training.
+def trial_mlflow_run(
+    trial: optuna.Trial, tags: dict[str, Any], parent_run_id: str | None = None
+) -> Iterator[None]:
+    """A nested MLflow run "trial-<number>" around a trial's training: under the active run,
+    or under `parent_run_id` (a study's run that another process holds open).
 
     A pruned trial's run ends FINISHED (pruning is a normal outcome) and a trial the deadline
     stopped ends KILLED, each tagged with trial_state and the reason; the exception then goes on
@@ -290,7 +322,12 @@ def trial_mlflow_run(trial: optuna.Trial, tags: dict[str, Any]) -> Iterator[None
     # The tags (the worker's among them) are created with the run, not set after it: a process
     # killed in between would leave a RUNNING run that no later study could tell is orphaned.
     as_text = {name: str(value) for name, value in tags.items()}
-    with mlflow.start_run(nested=True, run_name=f"trial-{trial.number}", tags=as_text):
+    with mlflow.start_run(
+        nested=parent_run_id is None,
+        parent_run_id=parent_run_id,
+        run_name=f"trial-{trial.number}",
+        tags=as_text,
+    ):
         try:
             yield
         except optuna.TrialPruned as pruned:
@@ -348,16 +385,7 @@ def tune(
     search = family.search_settings() if search is None else search
     study_name = budget.study_name or family.study_name
     device = family.device()
-    study = open_study(
-        study_name,
-        budget.storage,
-        budget.seed,
-        optuna.pruners.MedianPruner(
-            n_startup_trials=family.pruner_startup_trials,
-            n_warmup_steps=family.pruner_warmup_steps,
-        ),
-        log=log,
-    )
+    study = open_study(study_name, budget.storage, budget.seed, family_pruner(family), log=log)
     new_study = not study.trials
     log(
         f"Study {study_name!r}: {len(study.trials)} earlier trials; running {budget.n_trials} "
@@ -366,6 +394,42 @@ def tune(
     if new_study:
         for params in family.first_trials(search):
             study.enqueue_trial(params, skip_if_exists=True)
+    objective = trial_objective(
+        family, data, search, budget.pruning, study, keep_best_in=keep_best_in, data_id=data_id
+    )
+    run = run_trials(
+        study,
+        objective,
+        budget.n_trials,
+        budget.timeout_s,
+        log,
+        describe=family.describe_trial,
+        step_name=family.step_name,
+    )
+    return tuning_result(study, run, family.params_of(run.best))
+
+
+def family_pruner(family: ModelFamily) -> optuna.pruners.BasePruner:
+    """The median pruner every study of `family` uses, in this process or on a worker."""
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=family.pruner_startup_trials, n_warmup_steps=family.pruner_warmup_steps
+    )
+
+
+def trial_objective(
+    family: ModelFamily,
+    data: SplitData,
+    search: Any,
+    pruning: bool,
+    study: optuna.Study,
+    keep_best_in: Path | None = None,
+    data_id: str = "",
+    parent_run_id: str | None = None,
+) -> Callable[[optuna.Trial, Deadline], float]:
+    """One trial: the family's parameters fitted on the train role and scored on validation,
+    inside a nested MLflow run (under the active run, or under `parent_run_id` on a worker
+    process), pruned and stopped between rounds or epochs. See `tune` for `keep_best_in`."""
+    device = family.device()
 
     def objective(trial: optuna.Trial, deadline: Deadline) -> float:
         trial.set_user_attr(WORKER_ATTR, this_worker())
@@ -376,7 +440,7 @@ def tune(
 
         def on_step(step: int, value: float) -> None:
             history.append((step, value))
-            if budget.pruning:
+            if pruning:
                 trial.report(value, step)
                 if trial.should_prune():
                     raise optuna.TrialPruned(
@@ -385,12 +449,12 @@ def tune(
             deadline.check(family.step_name, step)
 
         tags = {
-            "optuna_study": study_name,
+            "optuna_study": study.study_name,
             "optuna_trial": trial.number,
             "device": device,
             WORKER_TAG: this_worker(),
         }
-        with trial_mlflow_run(trial, tags):
+        with trial_mlflow_run(trial, tags, parent_run_id):
             mlflow.log_params(params)
             try:
                 fitted = family.fit(data, params, seed=TRAINING_SEED, on_step=on_step)
@@ -408,19 +472,10 @@ def tune(
         if keep_best_in is not None:
             best = best_trial(study)
             if best is None or fitted.validation_pr_auc > best.value:
-                keep_model(family, fitted, keep_best_in, study_name, trial.number, data_id)
+                keep_model(family, fitted, keep_best_in, study.study_name, trial.number, data_id)
         return fitted.validation_pr_auc
 
-    run = run_trials(
-        study,
-        objective,
-        budget.n_trials,
-        budget.timeout_s,
-        log,
-        describe=family.describe_trial,
-        step_name=family.step_name,
-    )
-    return tuning_result(study, run, family.params_of(run.best))
+    return objective
 
 
 def log_step_history(key: str, history: list[tuple[int, float]]) -> None:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from ml.dataset import LABEL_COLUMN, LabeledFeatures
 from ml.splits import SplitData, TimeSplit
 
 FEATURES = ["carts_7d", "views_7d", "hours_since_last_cart", "purchases_lookback", "noise_a"]
@@ -125,3 +126,25 @@ def make_split_data(
         sequences_validation=sequences["validation"],
         sequences_promotion=sequences["promotion"],
     )
+
+
+def make_labeled_features(
+    seed: int = 0, n_train: int = 2000, n_eval: int = 800
+) -> tuple[LabeledFeatures, TimeSplit]:
+    """The rows of `make_split_data` as `ml.splits.save_split_snapshot` takes them (one frame
+    with keys, features, label and complete horizons) and their TimeSplit: a snapshot on disk
+    without a warehouse, for tuning workers in tests and benches."""
+    data = make_split_data(seed, n_train, n_eval)
+    frames = []
+    for name in ("train", "validation", "promotion"):
+        X = getattr(data, f"X_{name}")
+        cutoffs = list(getattr(data.split, f"{name}_cutoffs"))
+        frame = X.copy()
+        frame.insert(0, "user_id", [f"u{i % 500}" for i in range(len(X))])
+        times = [cutoffs[i % len(cutoffs)] for i in range(len(X))]
+        frame.insert(1, "cutoff_time", pd.to_datetime(times))
+        frame[LABEL_COLUMN] = getattr(data, f"y_{name}")
+        frame["horizon_complete"] = True
+        frames.append(frame)
+    labeled = LabeledFeatures(pd.concat(frames, ignore_index=True), list(data.feature_columns))
+    return labeled, data.split

@@ -220,6 +220,31 @@ def parser() -> argparse.ArgumentParser:
         default=10.0,
         help="how often to look for a moved champion alias or a new snapshot",
     )
+
+    worker = commands.add_parser(
+        "tune-worker",
+        help="run queued trials of an Optuna study (scaling out; docs/scaling.md)",
+        description=(
+            "A tuning worker: runs the trials a study asset queued (its n_workers config) until "
+            "none is queued or running, against the study storage in "
+            "PROPENSITY_OPTUNA_STORAGE (a postgresql:// URL to share one study across "
+            "machines) and the MLflow server in MLFLOW_TRACKING_URI."
+        ),
+        formatter_class=formatter,
+    )
+    worker.add_argument("--study", required=True, help="the study's name (e.g. xgboost)")
+    worker.add_argument(
+        "--snapshot-dir",
+        type=Path,
+        default=None,
+        help="where this machine sees the training snapshot folder (default: the work order's)",
+    )
+    worker.add_argument(
+        "--wait-seconds",
+        type=float,
+        default=0.0,
+        help="keep looking this long for a new round once the study has nothing to run",
+    )
     return main_parser
 
 
@@ -436,12 +461,22 @@ def serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def tune_worker_command(args: argparse.Namespace) -> int:
+    from ml.tuning_workers import work  # imports mlflow and optuna: only for this command
+
+    ran = work(args.study, snapshot_dir=args.snapshot_dir, wait_s=args.wait_seconds)
+    print(f"worker {os.getpid()}: {ran} trials of study {args.study!r} run")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "run":
         return run_command(args)
     if args.command == "serve":
         return serve_command(args)
+    if args.command == "tune-worker":
+        return tune_worker_command(args)
     return summary_command(args)
 
 

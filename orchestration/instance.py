@@ -22,6 +22,11 @@ from ml import settings
 # without it was written by a person and is left alone.
 MANAGED_MARKER = "# Managed by orchestration/instance.py"
 WAREHOUSE_POOL_LIMIT = 1
+# Set to a postgresql:// URL, Dagster keeps its runs, event logs and schedules in PostgreSQL
+# (dagster-postgres) instead of SQLite files under DAGSTER_HOME: what a Dagster service shared
+# by a team, or several machines, needs (docs/scaling.md). dagster.yaml names the variable,
+# never its value, so the password stays out of the file.
+POSTGRES_URL_VARIABLE = "PROPENSITY_DAGSTER_POSTGRES_URL"
 
 
 def instance_settings(pool_limit: int = WAREHOUSE_POOL_LIMIT) -> dict[str, Any]:
@@ -43,7 +48,16 @@ def instance_settings(pool_limit: int = WAREHOUSE_POOL_LIMIT) -> dict[str, Any]:
             "free_slots_after_run_end_seconds": 60,
         },
         "telemetry": {"enabled": False},
+        **storage_settings(),
     }
+
+
+def storage_settings() -> dict[str, Any]:
+    """dagster.yaml's `storage`: PostgreSQL when POSTGRES_URL_VARIABLE is set, else none (the
+    SQLite files Dagster keeps under DAGSTER_HOME)."""
+    if not os.environ.get(POSTGRES_URL_VARIABLE):
+        return {}
+    return {"storage": {"postgres": {"postgres_url": {"env": POSTGRES_URL_VARIABLE}}}}
 
 
 def prepare_dagster_home(home: Path | None = None) -> Path:

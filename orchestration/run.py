@@ -202,12 +202,12 @@ def run_summary(instance: dg.DagsterInstance, home: Path) -> list[str]:
         f"Warehouse: {settings.warehouse_path()}",
         f"  pseudonyms: {pseudonym_mode()}",
         *warehouse_summary(),
-        f"MLflow: {settings.mlflow_tracking_uri()} "
+        f"MLflow: {settings.without_password(settings.mlflow_tracking_uri())} "
         f"(artifacts in {settings.mlflow_artifacts_dir()})",
         *model_summary(instance),
         *next_category_summary(instance),
         f"Report: {latest_metadata(instance, REPORT_KEY).get('path', 'none yet')}",
-        f"Optuna storage: {settings.optuna_storage()}",
+        f"Optuna storage: {settings.without_password(settings.optuna_storage())}",
         f"Dagster instance: {home}  (browse all of it with `make ui`)",
     ]
 

@@ -79,6 +79,7 @@ from ml.study import (
     tune,
 )
 from ml.tracking import DEFAULT_EXPERIMENT, WORKER_TAG, configure_mlflow, end_orphaned_runs
+from ml.tuning_workers import run_on_workers
 from orchestration.defs.links import mlflow_links
 from orchestration.defs.resources import TRAINING_POOL, WAREHOUSE_POOL, TimeRolesResource
 
@@ -107,7 +108,7 @@ def kept_model_dir(study_name: str) -> Path:
 def start_mlflow(log: Callable[[str], None] = lambda _: None) -> str:
     """The project's experiment, after ending the runs a killed process left open."""
     experiment_id = configure_mlflow(
-        settings.mlflow_tracking_uri(), DEFAULT_EXPERIMENT, str(settings.mlflow_artifacts_dir())
+        settings.mlflow_tracking_uri(), DEFAULT_EXPERIMENT, settings.mlflow_artifact_location()
     )
     end_orphaned_runs(log)
     return experiment_id
@@ -188,7 +189,9 @@ def search_fields(family: ModelFamily) -> dict[str, tuple[type, object]]:
 def study_config_class(family: ModelFamily) -> type[dg.Config]:
     """Launchpad config of a family's study: the budget (n_trials trials run, whatever the
     machine's speed; timeout_s is only a safety net for the whole study, and hitting it is
-    reported as metadata `timed_out`) and the family's search settings."""
+    reported as metadata `timed_out`), n_workers (above 1: the trials run on that many worker
+    processes, ml.tuning_workers; more can join from other machines) and the family's search
+    settings."""
     return create_model(
         f"{family.asset_prefix.title()}StudyConfig",
         __base__=dg.Config,
@@ -198,6 +201,7 @@ def study_config_class(family: ModelFamily) -> type[dg.Config]:
         seed=(int, 42),
         pruning=(bool, True),
         study_name=(str, family.study_name),
+        n_workers=(int, 1),
         **search_fields(family),
     )
 
@@ -234,15 +238,29 @@ def build_study_asset(family: ModelFamily) -> dg.AssetsDefinition:
         ) as parent:
             mlflow.set_tags({f"split_{k}": v for k, v in data.split.describe().items()})
             mlflow.set_tags({"family": family.registry_tag, "snapshot_id": snapshot_id})
-            result = tune(
-                family,
-                data,
-                budget,
-                search,
-                log=context.log.info,
-                keep_best_in=kept_model_dir(config.study_name),
-                data_id=snapshot_id,
-            )
+            if config.n_workers > 1:
+                result = run_on_workers(
+                    family,
+                    budget,
+                    search,
+                    n_workers=config.n_workers,
+                    snapshot_dir=snapshot_dir(),
+                    snapshot_id=snapshot_id,
+                    round_id=parent.info.run_id,
+                    experiment_id=parent.info.experiment_id,
+                    keep_best_in=kept_model_dir(config.study_name),
+                    log=context.log.info,
+                )
+            else:
+                result = tune(
+                    family,
+                    data,
+                    budget,
+                    search,
+                    log=context.log.info,
+                    keep_best_in=kept_model_dir(config.study_name),
+                    data_id=snapshot_id,
+                )
             mlflow.log_metric("best_validation_pr_auc", result.best_value)
             mlflow.set_tag("timed_out", str(result.timed_out).lower())
         return dg.MaterializeResult(
@@ -256,7 +274,8 @@ def build_study_asset(family: ModelFamily) -> dg.AssetsDefinition:
                 "trials_pruned": result.n_pruned,
                 "timed_out": result.timed_out,
                 "device": family.device(),
-                "optuna_storage": settings.optuna_storage(),
+                "optuna_storage": settings.without_password(settings.optuna_storage()),
+                "n_workers": config.n_workers,
                 "mlflow_parent_run_id": parent.info.run_id,
                 **mlflow_links(parent.info.run_id),
                 "snapshot_id": snapshot_id,

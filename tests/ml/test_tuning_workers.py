@@ -1,0 +1,93 @@
+"""A study's trials on local worker processes (ml.tuning_workers) with a real Optuna journal
+file and a real MLflow store: the budget is met, whatever a killed worker left. The same on
+PostgreSQL, with heartbeats and `propensity tune-worker`: tests/postgres/."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from ml.families.base import PARAMS_ATTR
+from ml.families.xgboost import FAMILY as XGBOOST
+from ml.families.xgboost.search import XGBoostSearch
+from ml.splits import save_split_snapshot
+from ml.study import STOPPED_REASON_ATTR, WORKER_ATTR, StudyBudget, optuna_storage
+from ml.synthetic_split import make_labeled_features
+from ml.tuning_workers import ROUND_ATTR, run_on_workers
+
+FINISHED_OK = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def kill_the_first_fitting_worker(storage: str, study_name: str, killed: list) -> None:
+    """SIGKILLs the worker of the first trial seen fitting (its parameters chosen)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=optuna_storage(storage))
+        except KeyError:  # not created yet
+            time.sleep(0.1)
+            continue
+        for trial in study.get_trials(states=(TrialState.RUNNING,)):
+            if PARAMS_ATTR in trial.user_attrs:
+                pid = int(trial.user_attrs[WORKER_ATTR].rsplit(":", 1)[1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(trial.number)
+                return
+        time.sleep(0.1)
+
+
+def test_local_workers_make_up_the_budget_of_a_killed_one(
+    mlflow_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two workers on two cores
+    labeled, split = make_labeled_features()
+    snapshot_id = save_split_snapshot(labeled, split, tmp_path / "split")
+    storage = str(tmp_path / "optuna.journal")
+    budget = StudyBudget(n_trials=6, storage=storage, study_name="local-workers", pruning=False)
+    # Long trials (no early stop) so that one is killed mid-way.
+    search = XGBoostSearch(num_boost_round=300, early_stopping_rounds=300)
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=kill_the_first_fitting_worker, args=(storage, "local-workers", killed)
+    )
+    killer.start()
+    lines: list[str] = []
+    with mlflow.start_run(run_name="study") as parent:
+        result = run_on_workers(
+            XGBOOST,
+            budget,
+            search,
+            n_workers=2,
+            snapshot_dir=tmp_path / "split",
+            snapshot_id=snapshot_id,
+            round_id=parent.info.run_id,
+            experiment_id=parent.info.experiment_id,
+            log=lines.append,
+        )
+    killer.join()
+    assert len(killed) == 1, "no worker was killed"
+
+    trials = optuna.load_study(study_name="local-workers", storage=optuna_storage(storage)).trials
+    failed = trials[killed[0]]
+    assert failed.state == TrialState.FAIL
+    assert "died" in failed.user_attrs[STOPPED_REASON_ATTR]  # by its pid: a journal has no beat
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
+    assert retry.state in FINISHED_OK and retry.params == failed.params
+    assert sum(t.state in FINISHED_OK for t in trials) == 6
+    assert result.n_complete + result.n_pruned == 6 and not result.timed_out
+    assert all(t.user_attrs[ROUND_ATTR] == parent.info.run_id for t in trials)
+    assert any("was killed" in line for line in lines)
+    # The trials' MLflow runs nest under the study's run (the killed trial's, if it got as far).
+    children = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
+    )
+    nested = {int(run.data.tags["optuna_trial"]) for run in children}
+    assert {t.number for t in trials if t.state in FINISHED_OK} <= nested

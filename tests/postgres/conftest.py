@@ -1,0 +1,61 @@
+"""A real PostgreSQL server for the scaling-out tests: the one `.ci/postgres.sh start` runs (CI
+starts it and exports PROPENSITY_TEST_POSTGRES_URL). Each test gets databases of its own.
+
+Without that variable (a developer's machine without PostgreSQL) these tests skip and say why;
+under CI=1 they fail instead, so CI can never pass without having run them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+
+URL_VARIABLE = "PROPENSITY_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """The URL of a role that may create databases, on a running server."""
+    url = os.environ.get(URL_VARIABLE)
+    problem = ""
+    if not url:
+        problem = f"{URL_VARIABLE} is not set; run `bash .ci/postgres.sh start` and export it"
+    else:
+        try:
+            psycopg.connect(url, connect_timeout=5).close()
+        except psycopg.OperationalError as error:
+            problem = f"PostgreSQL at {URL_VARIABLE} does not answer: {error}"
+    if problem:
+        if os.environ.get("CI") == "1":
+            pytest.fail(f"CI needs PostgreSQL: {problem}")
+        pytest.skip(problem)
+    return url
+
+
+@pytest.fixture
+def postgres_database(
+    postgres_admin_url: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[[str], str]]:
+    """Makes a new empty database for this test (`make("mlflow")`) and returns its URL; every
+    database made is dropped afterwards."""
+    made: list[str] = []
+    test_name = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
+
+    def admin(sql: str) -> None:
+        with psycopg.connect(postgres_admin_url, autocommit=True) as connection:
+            connection.execute(sql)
+
+    def make(purpose: str) -> str:
+        name = f"t_{test_name}_{purpose}"
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+    yield make
+    for name in made:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
