@@ -11,10 +11,22 @@ import os
 import re
 from collections.abc import Callable, Iterator
 
-import psycopg
+import psycopg2
 import pytest
 
 URL_VARIABLE = "PROPENSITY_TEST_POSTGRES_URL"
+
+
+def query_postgres(url: str, sql: str, params: tuple = ()) -> list[tuple]:
+    """Runs one statement on its own autocommitted connection; its rows, if it returns any."""
+    connection = psycopg2.connect(url, connect_timeout=5)
+    try:
+        connection.autocommit = True  # CREATE and DROP DATABASE run outside a transaction
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        connection.close()
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +38,8 @@ def postgres_admin_url() -> str:
         problem = f"{URL_VARIABLE} is not set; run `bash .ci/postgres.sh start` and export it"
     else:
         try:
-            psycopg.connect(url, connect_timeout=5).close()
-        except psycopg.OperationalError as error:
+            query_postgres(url, "select 1")
+        except psycopg2.OperationalError as error:
             problem = f"PostgreSQL at {URL_VARIABLE} does not answer: {error}"
     if problem:
         if os.environ.get("CI") == "1":
@@ -46,8 +58,7 @@ def postgres_database(
     test_name = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
 
     def admin(sql: str) -> None:
-        with psycopg.connect(postgres_admin_url, autocommit=True) as connection:
-            connection.execute(sql)
+        query_postgres(postgres_admin_url, sql)
 
     def make(purpose: str) -> str:
         name = f"t_{test_name}_{purpose}"
