@@ -74,7 +74,9 @@ def resample_training(
             counts_after=class_counts(y_out),
         )
 
-    already_balanced = n_positive / n_negative >= target_ratio
+    # Met when reaching the ratio would add fewer than one positive (imbalanced-learn rounds the
+    # same way, and raises "required to remove samples" for a ratio a fraction above the data's).
+    already_balanced = n_positive >= int(target_ratio * n_negative)
     if strategy == "none":
         return result(X, y, None)
     if strategy == "class_weight":

@@ -120,6 +120,17 @@ def test_data_already_above_the_target_ratio_is_left_alone() -> None:
     assert weights.tolist() == [1.0] * 35
 
 
+@pytest.mark.parametrize("strategy", ["random_under", "random_over", "smote"])
+def test_a_target_a_fraction_of_a_row_above_the_data_is_already_met(strategy: str) -> None:
+    # 8,322 buyers of 51,678 (ratio 0.161036): 0.161046 asks for half a buyer more, which
+    # imbalanced-learn refused with "required to remove samples" (a tuning trial died of it).
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(8322, dtype=int), np.zeros(51678, dtype=int)]
+    X = pd.DataFrame({"a": rng.normal(size=len(y)), "b": rng.normal(size=len(y))})
+    resampled = resample_training(X, y, strategy, 0.16104593260663377)
+    assert resampled.counts_after == resampled.counts_before == {0: 51678, 1: 8322}
+
+
 def test_same_seed_same_rows_other_seed_other_rows() -> None:
     X, y = toy_frame(100, 10)
     for strategy in ("random_under", "random_over", "smote"):
