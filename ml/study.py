@@ -430,6 +430,8 @@ def trial_objective(
     inside a nested MLflow run (under the active run, or under `parent_run_id` on a worker
     process), pruned and stopped between rounds or epochs. See `tune` for `keep_best_in`."""
     device = family.device()
+    journal = isinstance(study._storage, JournalStorage)
+    report_every = 1 if journal else family.rdb_report_every
 
     def objective(trial: optuna.Trial, deadline: Deadline) -> float:
         trial.set_user_attr(WORKER_ATTR, this_worker())
@@ -440,7 +442,7 @@ def trial_objective(
 
         def on_step(step: int, value: float) -> None:
             history.append((step, value))
-            if pruning:
+            if pruning and step % report_every == 0:
                 trial.report(value, step)
                 if trial.should_prune():
                     raise optuna.TrialPruned(

@@ -54,12 +54,11 @@ def dagster_server(port: int) -> Server:
 def mlflow_server(port: int) -> Server:
     """The MLflow tracking UI and model registry on the project's store. One worker and no job
     runner (it serves GenAI judges and trace roll-ups, which this project does not use): each
-    extra process costs seconds of start-up on a small machine."""
+    extra process costs seconds of start-up on a small machine. The store's URI goes in through
+    the environment: a postgresql:// one holds a password, which a command line shows to `ps`."""
     command = [
         str(BIN / "mlflow"),
         "server",
-        "--backend-store-uri",
-        settings.mlflow_tracking_uri(),
         "--default-artifact-root",
         str(settings.mlflow_artifacts_dir()),
         "--host",
@@ -69,7 +68,10 @@ def mlflow_server(port: int) -> Server:
         "--workers",
         "1",
     ]
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_BACKEND_STORE_URI": settings.mlflow_tracking_uri(),
+    }
     return Server("MLflow", f"http://{HOST}:{port}", command, env)
 
 
@@ -86,8 +88,11 @@ def optuna_dashboard_server(port: int) -> Server:
 
 
 def ui_servers(dagster_port: int, mlflow_port: int, optuna_port: int | None = None) -> list[Server]:
-    """The servers `make ui` starts; the Optuna dashboard only when given a port."""
-    servers = [dagster_server(dagster_port), mlflow_server(mlflow_port)]
+    """The servers `make ui` starts; the Optuna dashboard only when given a port. No MLflow
+    server when MLFLOW_TRACKING_URI already names one (a shared server, docs/scaling.md)."""
+    servers = [dagster_server(dagster_port)]
+    if not settings.mlflow_tracking_uri().startswith(("http://", "https://")):
+        servers.append(mlflow_server(mlflow_port))
     if optuna_port is not None:
         servers.append(optuna_dashboard_server(optuna_port))
     return servers
@@ -192,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for server in servers:
             processes.append(start(server, env))
         urls = "   ".join(f"{server.name}: {server.url}" for server in servers)
+        if not any(server.name == "MLflow" for server in servers):
+            urls += f"   MLflow: {settings.mlflow_tracking_uri()} (shared, not started here)"
         print(f"{urls}   (Ctrl-C stops them all)", flush=True)
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)

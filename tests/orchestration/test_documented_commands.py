@@ -32,6 +32,9 @@ LONG_RUNS = {
     "test_a_small_run_on_a_taobao_file_ends_with_the_summary",
     "mlflow models serve": "tests/orchestration/test_materialize.py::"
     "test_full_pipeline_multiprocess_with_the_pool_then_a_night",
+    "mlflow server": "tests/postgres/test_servers.py::"
+    "test_a_short_training_run_on_postgresql_servers_ends_with_a_champion",
+    ".ci/postgres.sh start": "tests/postgres/conftest.py::postgres_admin_url",
 }
 
 
@@ -54,6 +57,8 @@ def test_the_long_runs_are_tested() -> None:
     for test_id in LONG_RUNS.values():
         path, name = test_id.split("::")
         assert f"def {name}(" in (PROJECT_ROOT / path).read_text(), test_id
+    # CI starts the PostgreSQL server the tests in tests/postgres/ use with the documented script.
+    assert "bash .ci/postgres.sh start" in (PROJECT_ROOT / ".ci" / "run").read_text()
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if documented_commands(p)], ids=lambda p: p.name)
@@ -128,6 +133,23 @@ def run_documented(command: str, checkout: Path, env: dict[str, str]) -> dict[st
             text=True,
         )
         assert result.returncode == 0, f"{command}: {result.stdout} {result.stderr}"
+    elif words[0].endswith("mlflow") and words[1] == "server":
+        # A server on PostgreSQL: the test named in LONG_RUNS starts one so. Here: its options
+        # and the environment variable that carries the store's URL are mlflow's own.
+        result = shell(f"{words[0]} server --help")
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+        for option in [w for w in words[2:] if w.startswith("--")]:
+            assert option in result.stdout, f"{command}: mlflow server has no {option}"
+        from mlflow.cli import server as mlflow_server
+
+        variables = {p.envvar for p in mlflow_server.params}
+        assert set(assignments) <= variables, f"{command}: mlflow server ignores {assignments}"
+    elif words[:2] == ["bash", ".ci/postgres.sh"]:
+        # Starts a system service (CI runs it before the tests): checked, not run, here.
+        script = (PROJECT_ROOT / ".ci" / "postgres.sh").read_text()
+        assert f"  {words[2]})" in script, f"{command}: no such subcommand"
+        result = shell(f"bash -n {PROJECT_ROOT / '.ci' / 'postgres.sh'}")
+        assert result.returncode == 0, f"{command}: {result.stderr}"
     elif program == "dagster asset":
         examples = [header_command(EXAMPLES / name) for name in SOURCE_EXAMPLES]
         assert words in [[w for w in e if w] for e in examples], (

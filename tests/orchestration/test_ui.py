@@ -46,7 +46,7 @@ def test_commands_bind_to_localhost_on_the_project_state(
         assert server.command[server.command.index("--host") + 1] == "127.0.0.1"
         assert server.command[server.command.index("--port") + 1] == str(port)
         assert server.url == f"http://127.0.0.1:{port}"
-    assert f"sqlite:///{tmp_path / 'mlflow.db'}" in mlflow_server.command
+    assert mlflow_server.env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert dashboard.command[1:4] == [
         "--storage-class",
         "JournalFileStorage",
@@ -56,6 +56,9 @@ def test_commands_bind_to_localhost_on_the_project_state(
 
     monkeypatch.setenv("PROPENSITY_OPTUNA_STORAGE", "postgresql://db/optuna")
     assert ui.optuna_dashboard_server(8081).command[1] == "postgresql://db/optuna"
+    # A shared MLflow server (docs/scaling.md) is not started again here.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    assert [s.name for s in ui.ui_servers(3001, 5001)] == ["Dagster"]
 
 
 def test_ctrl_c_stops_dagster_mlflow_and_the_optuna_dashboard(tmp_path: Path) -> None:

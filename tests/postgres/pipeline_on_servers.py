@@ -5,6 +5,7 @@ ingestion and feature assets and a short XGBoost training up to the champion, th
 tuning workers; prints the run's id and outcome as JSON."""
 
 import json
+import os
 import sys
 from datetime import datetime
 
@@ -44,7 +45,8 @@ def main() -> int:
             asset_selection=sorted(selection.resolve(defs().resolve_asset_graph())),
             raise_on_error=False,
         )
-        print(json.dumps({"run_id": result.run_id, "success": result.success}))
+        outcome = {"run_id": result.run_id, "success": result.success, "pid": os.getpid()}
+        print(json.dumps(outcome))
     return 0 if result.success else 1
 
 

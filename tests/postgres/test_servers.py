@@ -136,8 +136,11 @@ def test_a_short_training_run_on_postgresql_servers_ends_with_a_champion(
     study = optuna.load_study(
         study_name="purchase-propensity-xgb", storage=optuna_storage(optuna_store)
     )
-    workers = {trial.user_attrs["worker"] for trial in study.trials}
-    assert len(study.trials) == 4 and len(workers) >= 1
+    order = study.user_attrs["work_order"]  # the asset queued its round for workers
+    assert all(t.user_attrs["round"] == order["round_id"] for t in study.trials)
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    # ... and its trials ran in worker processes, not in the step's own.
+    assert all(t.user_attrs["worker"].split(":")[1] != str(run["pid"]) for t in study.trials)
 
     # The registry behind the server: version 1 registered, the champion alias on it, its
     # artifacts served by the server (the client never wrote to the server's folder itself).

@@ -37,6 +37,7 @@ class XGBoostFamily(ModelFamily):
     default_n_trials = 15
     pruner_startup_trials = 5
     pruner_warmup_steps = 10
+    rdb_report_every = 10
 
     def device(self) -> str:
         return model.xgb_device()
