@@ -247,76 +247,63 @@ def _worker_command(study_name: str) -> list[str]:
     return [sys.executable, "-m", "ml.tuning_workers", study_name]
 
 
-def open_round(
-    family: ModelFamily,
-    budget: StudyBudget,
-    search: Any,
-    snapshot_dir: Path,
-    snapshot_id: str,
-    round_id: str,
-    experiment_id: str,
-    keep_best_in: Path | None = None,
-    log: Callable[[str], None] = print,
-) -> tuple[optuna.Study, WorkOrder, int]:
-    """Queues a round of `budget.n_trials` trials and writes its work order into the study, for
-    workers to run; returns the study, the order and how many trials the round holds.
+@dataclass(frozen=True)
+class Round:
+    """One call's trials: the family and its budget and search settings, the training snapshot
+    they read, and the MLflow run their runs nest under (`run_id`, which must stay RUNNING
+    while they run). `keep_best_in`: see `ml.study.tune`."""
 
-    `round_id` is the id of the MLflow run the trials' runs nest under (it must stay RUNNING
-    while they run).
-    """
+    family: ModelFamily
+    budget: StudyBudget
+    search: Any
+    snapshot_dir: Path
+    snapshot_id: str
+    run_id: str
+    experiment_id: str
+    keep_best_in: Path | None = None
+
+
+def open_round(
+    round_: Round, log: Callable[[str], None] = print
+) -> tuple[optuna.Study, WorkOrder, int]:
+    """Queues the round's `budget.n_trials` trials and writes its work order into the study,
+    for workers to run; returns the study, the order and how many trials the round holds."""
+    family, budget = round_.family, round_.budget
     storage = budget.storage or settings.optuna_storage()
     study_name = budget.study_name or family.study_name
     study = open_study(study_name, storage, budget.seed, family_pruner(family), log=log)
-    n_queued = queue_round(study, family, search, round_id, budget.n_trials)
+    n_queued = queue_round(study, family, round_.search, round_.run_id, budget.n_trials)
     order = WorkOrder(
-        round_id=round_id,
+        round_id=round_.run_id,
         family=family.name,
-        search=asdict(search),
+        search=asdict(round_.search),
         pruning=budget.pruning,
-        snapshot_dir=str(snapshot_dir),
-        snapshot_id=snapshot_id,
-        experiment_id=experiment_id,
+        snapshot_dir=str(round_.snapshot_dir),
+        snapshot_id=round_.snapshot_id,
+        experiment_id=round_.experiment_id,
         deadline_epoch=time.time() + budget.timeout_s,
-        kept_model_dir=str(keep_best_in or ""),
+        kept_model_dir=str(round_.keep_best_in or ""),
     )
     study.set_user_attr(WORK_ORDER_ATTR, asdict(order))
     return study, order, n_queued
 
 
 def run_on_workers(
-    family: ModelFamily,
-    budget: StudyBudget,
-    search: Any,
-    n_workers: int,
-    snapshot_dir: Path,
-    snapshot_id: str,
-    round_id: str,
-    experiment_id: str,
-    keep_best_in: Path | None = None,
-    log: Callable[[str], None] = print,
+    round_: Round, n_workers: int, log: Callable[[str], None] = print
 ) -> TuningResult:
-    """Runs `budget.n_trials` trials of the family's study on `n_workers` local worker
-    processes (workers started on other machines with `propensity tune-worker` join in).
+    """Runs the round's `budget.n_trials` trials on `n_workers` local worker processes
+    (workers started on other machines with `propensity tune-worker` join in).
 
-    `round_id` is the id of the study's MLflow run, active in the calling process: the trials'
-    runs nest under it. A local worker killed by a signal is replaced (at most `n_workers`
-    times); its trial is failed and queued again (see the module docstring). Raises when a
-    worker fails with an error, or when the study has no complete trial.
+    The round's MLflow run is active in the calling process. A local worker killed by a signal
+    is replaced (at most `n_workers` times); its trial is failed and queued again (see the
+    module docstring). Raises when a worker fails with an error, or when the study has no
+    complete trial.
     """
     if n_workers < 1:
         raise ValueError(f"n_workers must be at least 1, got {n_workers}")
+    family, budget, round_id = round_.family, round_.budget, round_.run_id
     storage = budget.storage or settings.optuna_storage()
-    study, order, n_queued = open_round(
-        family,
-        budget,
-        search,
-        snapshot_dir,
-        snapshot_id,
-        round_id,
-        experiment_id,
-        keep_best_in,
-        log,
-    )
+    study, order, n_queued = open_round(round_, log)
     study_name = study.study_name
     log(
         f"Study {study_name!r}: {n_queued} trials queued for round {round_id} on {n_workers} "

@@ -79,7 +79,7 @@ from ml.study import (
     tune,
 )
 from ml.tracking import DEFAULT_EXPERIMENT, WORKER_TAG, configure_mlflow, end_orphaned_runs
-from ml.tuning_workers import run_on_workers
+from ml.tuning_workers import Round, run_on_workers
 from orchestration.defs.links import mlflow_links
 from orchestration.defs.resources import TRAINING_POOL, WAREHOUSE_POOL, TimeRolesResource
 
@@ -239,18 +239,17 @@ def build_study_asset(family: ModelFamily) -> dg.AssetsDefinition:
             mlflow.set_tags({f"split_{k}": v for k, v in data.split.describe().items()})
             mlflow.set_tags({"family": family.registry_tag, "snapshot_id": snapshot_id})
             if config.n_workers > 1:
-                result = run_on_workers(
+                trials = Round(
                     family,
                     budget,
                     search,
-                    n_workers=config.n_workers,
-                    snapshot_dir=snapshot_dir(),
-                    snapshot_id=snapshot_id,
-                    round_id=parent.info.run_id,
-                    experiment_id=parent.info.experiment_id,
+                    snapshot_dir(),
+                    snapshot_id,
+                    parent.info.run_id,
+                    parent.info.experiment_id,
                     keep_best_in=kept_model_dir(config.study_name),
-                    log=context.log.info,
                 )
+                result = run_on_workers(trials, config.n_workers, log=context.log.info)
             else:
                 result = tune(
                     family,

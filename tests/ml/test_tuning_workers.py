@@ -21,7 +21,7 @@ from ml.families.xgboost.search import XGBoostSearch
 from ml.splits import save_split_snapshot
 from ml.study import STOPPED_REASON_ATTR, WORKER_ATTR, StudyBudget, optuna_storage
 from ml.synthetic_split import make_labeled_features
-from ml.tuning_workers import ROUND_ATTR, run_on_workers
+from ml.tuning_workers import ROUND_ATTR, Round, run_on_workers
 
 FINISHED_OK = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -61,17 +61,16 @@ def test_local_workers_make_up_the_budget_of_a_killed_one(
     killer.start()
     lines: list[str] = []
     with mlflow.start_run(run_name="study") as parent:
-        result = run_on_workers(
+        trials = Round(
             XGBOOST,
             budget,
             search,
-            n_workers=2,
-            snapshot_dir=tmp_path / "split",
-            snapshot_id=snapshot_id,
-            round_id=parent.info.run_id,
-            experiment_id=parent.info.experiment_id,
-            log=lines.append,
+            tmp_path / "split",
+            snapshot_id,
+            parent.info.run_id,
+            parent.info.experiment_id,
         )
+        result = run_on_workers(trials, n_workers=2, log=lines.append)
     killer.join()
     assert len(killed) == 1, "no worker was killed"
 

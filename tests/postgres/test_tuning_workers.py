@@ -24,7 +24,7 @@ from ml.families.xgboost.search import XGBoostSearch
 from ml.splits import save_split_snapshot
 from ml.study import STOPPED_REASON_ATTR, WORKER_ATTR, StudyBudget, optuna_storage
 from ml.synthetic_split import make_labeled_features
-from ml.tuning_workers import open_round
+from ml.tuning_workers import Round, open_round
 
 PROPENSITY = Path(sys.executable).parent / "propensity"
 FINISHED_OK = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -54,7 +54,7 @@ def prepare_round(
     )
     parent = client.create_run(experiment_id, run_name=f"study-{study_name}")
     budget = StudyBudget(**{**budget.__dict__, "storage": storage, "study_name": study_name})
-    study, _, _ = open_round(
+    trials = Round(
         XGBOOST,
         budget,
         search,
@@ -62,8 +62,8 @@ def prepare_round(
         snapshot_id,
         parent.info.run_id,
         experiment_id,
-        log=lambda _: None,
     )
+    study, _, _ = open_round(trials, log=lambda _: None)
     env = {
         **os.environ,
         "PROPENSITY_HOME": str(tmp_path / "home"),
