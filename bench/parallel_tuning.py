@@ -187,14 +187,15 @@ def markdown(figures: dict) -> str:
         f"{figures['settings']['trials']} XGBoost trials of {figures['settings']['train_rows']:,} "
         "training rows each run.",
         "",
-        "| storage | workers | trials | wall s | trials/min (whole call) | trials/min (span) |",
+        "| storage | workers | trials (pruned) | wall s | trials/min (whole call) | "
+        "trials/min (span) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for kind, rows in figures["throughput"].items():
         for row in rows:
             lines.append(
-                f"| {kind} | {row['workers']} | {row['trials']} | {row['wall_s']} | "
-                f"{row['trials_per_min']} | {row['trials_per_min_in_span']} |"
+                f"| {kind} | {row['workers']} | {row['trials']} ({row['pruned']}) | "
+                f"{row['wall_s']} | {row['trials_per_min']} | {row['trials_per_min_in_span']} |"
             )
     lines += [
         "",

@@ -38,6 +38,7 @@ from ml.preflight import (
     event_span,
 )
 from ml.splits import DEFAULT_PROMOTION_CUTOFFS, DEFAULT_VALIDATION_CUTOFFS
+from orchestration.instance import POSTGRES_URL_VARIABLE
 
 SOURCES = ("synthetic", *CSV_SOURCES)
 BUDGETS = ("small", "default", "large")
@@ -87,6 +88,7 @@ def use_state(state: Path) -> Path:
         "PROPENSITY_MLFLOW_ARTIFACTS",
         "PROPENSITY_OPTUNA_STORAGE",
         "PROPENSITY_TRAINING_DIR",
+        POSTGRES_URL_VARIABLE,
     ):
         os.environ.pop(variable, None)  # a state folder holds all of its stores
     return state
