@@ -38,6 +38,7 @@ from typing import Any
 import mlflow
 import optuna
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -175,7 +176,7 @@ def optuna_storage(storage: str) -> optuna.storages.BaseStorage:
                 storage,
                 heartbeat_interval=heartbeat,
                 grace_period=3 * heartbeat,
-                heartbeat_stale_trial_callback=RETRY_FAILED_TRIAL,
+                heartbeat_stale_trial_callback=retry_dead_workers_trial,
                 # Workers on several machines keep connections open for hours.
                 engine_kwargs={"pool_pre_ping": True},
             )
@@ -231,8 +232,30 @@ def fail_orphaned_trials(
         log(f"trial {trial.number} of {study.study_name!r} failed: {reason}")
         failed.append(trial.number)
         if retry:  # from the RUNNING copy: the retry does not inherit the reason above
-            RETRY_FAILED_TRIAL(study, copy.deepcopy(trial))
+            retry_dead_workers_trial(study, copy.deepcopy(trial))
     return failed
+
+
+def retry_dead_workers_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """A trial whose worker died (its heartbeat stopped, or its process is gone), already
+    failed: queued again with its parameters (up to MAX_TRIAL_RETRIES times), and its MLflow
+    run, which the dead process left RUNNING, ended as KILLED. Runs in whichever process
+    noticed, on any machine: the run is found by its study and trial tags."""
+    RETRY_FAILED_TRIAL(study, trial)
+    filter_string = (
+        f"tags.optuna_study = '{study.study_name}' and tags.optuna_trial = '{trial.number}' "
+        "and attributes.status = 'RUNNING'"
+    )
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri())
+    try:
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], filter_string
+        )
+        for run in runs:
+            client.set_tag(run.info.run_id, "killed_reason", "its worker died mid-trial")
+            client.set_terminated(run.info.run_id, status="KILLED")
+    except MlflowException:  # the trial is repaired; the run is ended by end_orphaned_runs
+        return
 
 
 def run_trials(

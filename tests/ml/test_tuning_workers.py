@@ -27,7 +27,7 @@ FINISHED_OK = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def kill_the_first_fitting_worker(storage: str, study_name: str, killed: list) -> None:
-    """SIGKILLs the worker of the first trial seen fitting (its parameters chosen)."""
+    """SIGKILLs the worker of the first trial seen fitting (its MLflow run started)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -36,7 +36,8 @@ def kill_the_first_fitting_worker(storage: str, study_name: str, killed: list) -
             time.sleep(0.1)
             continue
         for trial in study.get_trials(states=(TrialState.RUNNING,)):
-            if PARAMS_ATTR in trial.user_attrs:
+            run = f"tags.optuna_trial = '{trial.number}'"
+            if PARAMS_ATTR in trial.user_attrs and len(mlflow.search_runs(filter_string=run)):
                 pid = int(trial.user_attrs[WORKER_ATTR].rsplit(":", 1)[1])
                 os.kill(pid, signal.SIGKILL)
                 killed.append(trial.number)
@@ -84,9 +85,13 @@ def test_local_workers_make_up_the_budget_of_a_killed_one(
     assert result.n_complete + result.n_pruned == 6 and not result.timed_out
     assert all(t.user_attrs[ROUND_ATTR] == parent.info.run_id for t in trials)
     assert any("was killed" in line for line in lines)
-    # The trials' MLflow runs nest under the study's run (the killed trial's, if it got as far).
+    # Every trial's MLflow run nests under the study's run.
     children = mlflow.search_runs(
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
     )
-    nested = {int(run.data.tags["optuna_trial"]) for run in children}
-    assert {t.number for t in trials if t.state in FINISHED_OK} <= nested
+    assert sorted(int(run.data.tags["optuna_trial"]) for run in children) == [
+        t.number for t in trials
+    ]
+    # The run the killed worker left RUNNING was ended when its trial was repaired.
+    (orphan,) = [run for run in children if run.data.tags["optuna_trial"] == str(failed.number)]
+    assert orphan.info.status == "KILLED"

@@ -155,6 +155,11 @@ def test_a_killed_workers_trial_fails_by_heartbeat_and_the_others_make_up_its_bu
         else:
             time.sleep(0.1)
     assert killed is not None, "the victim never started a trial"
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment_id = client.get_experiment_by_name("purchase-propensity").experiment_id
+    trial_run = f"tags.optuna_trial = '{killed.number}'"
+    while not client.search_runs([experiment_id], trial_run) and time.monotonic() < deadline:
+        time.sleep(0.1)  # its MLflow run started: the kill leaves it RUNNING
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
@@ -171,6 +176,9 @@ def test_a_killed_workers_trial_fails_by_heartbeat_and_the_others_make_up_its_bu
     assert not retry.user_attrs[WORKER_ATTR].endswith(f":{victim.pid}")
     assert sum(t.state in FINISHED_OK for t in trials) == 8
     assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
+    # The run the dead worker left RUNNING was ended by the worker that noticed.
+    (orphan,) = client.search_runs([experiment_id], trial_run)
+    assert orphan.info.status == "KILLED" and "killed_reason" in orphan.data.tags
 
 
 @pytest.fixture(autouse=True)
