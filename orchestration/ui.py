@@ -76,15 +76,14 @@ def mlflow_server(port: int) -> Server:
 
 
 def optuna_dashboard_server(port: int) -> Server:
-    """optuna-dashboard on the project's study storage: an RDB URL as is; a journal file is named
-    as such, because the dashboard only guesses the journal format for a file that exists."""
-    storage = settings.optuna_storage()
-    if "://" in storage:
-        storage_args = [storage]
-    else:
-        storage_args = ["--storage-class", "JournalFileStorage", storage]
-    command = [str(BIN / "optuna-dashboard"), *storage_args, "--host", HOST, "--port", str(port)]
-    return Server("Optuna dashboard", f"http://{HOST}:{port}", command)
+    """optuna-dashboard on the project's study storage (orchestration/optuna_dashboard.py, which
+    takes the storage from the environment: never a password on the command line)."""
+    command = [str(BIN / "python"), "-m", "orchestration.optuna_dashboard"]
+    return Server(
+        "Optuna dashboard",
+        f"http://{HOST}:{port}",
+        [*command, "--host", HOST, "--port", str(port)],
+    )
 
 
 def ui_servers(dagster_port: int, mlflow_port: int, optuna_port: int | None = None) -> list[Server]:

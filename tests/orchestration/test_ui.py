@@ -47,15 +47,14 @@ def test_commands_bind_to_localhost_on_the_project_state(
         assert server.command[server.command.index("--port") + 1] == str(port)
         assert server.url == f"http://127.0.0.1:{port}"
     assert mlflow_server.env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert dashboard.command[1:4] == [
-        "--storage-class",
-        "JournalFileStorage",
-        str(tmp_path / JOURNAL),
-    ]
+    assert dashboard.command[1:3] == ["-m", "orchestration.optuna_dashboard"]
     assert [s.name for s in ui.ui_servers(3001, 5001)] == ["Dagster", "MLflow"]
 
-    monkeypatch.setenv("PROPENSITY_OPTUNA_STORAGE", "postgresql://db/optuna")
-    assert ui.optuna_dashboard_server(8081).command[1] == "postgresql://db/optuna"
+    # Store URLs (passwords) reach the servers through the environment, never their arguments.
+    monkeypatch.setenv("PROPENSITY_OPTUNA_STORAGE", "postgresql://u:secret@db/optuna")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://u:secret@db/mlflow")
+    for server in ui.ui_servers(3001, 5001, 8081):
+        assert not any("secret" in word for word in server.command), server.name
     # A shared MLflow server (docs/scaling.md) is not started again here.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     assert [s.name for s in ui.ui_servers(3001, 5001)] == ["Dagster"]
