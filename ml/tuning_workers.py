@@ -200,6 +200,27 @@ def _run_one_trial(study: optuna.Study, session: _Session, log: Callable[[str], 
         log(f"worker {os.getpid()}: a trial was failed by another worker: {error}")
 
 
+class NoSuchStudy(LookupError):
+    """The storage holds no study of that name (yet): the study asset creates it."""
+
+
+def _wait_for_study(study_name: str, storage: str, wait_s: float) -> optuna.Study:
+    """The study, once it exists (looking for up to `wait_s` seconds); NoSuchStudy, naming the
+    studies there are, when it does not."""
+    opened = optuna_storage(storage)
+    give_up = time.monotonic() + wait_s
+    while True:
+        if study_name in optuna.get_all_study_names(opened):
+            return optuna.load_study(study_name=study_name, storage=opened)
+        if time.monotonic() >= give_up:
+            known = ", ".join(sorted(optuna.get_all_study_names(opened))) or "none"
+            raise NoSuchStudy(
+                f"No study {study_name!r} in {settings.without_password(storage)} (studies there: "
+                f"{known}); a study asset with n_workers creates it and queues its trials"
+            )
+        time.sleep(POLL_SECONDS)
+
+
 def work(
     study_name: str,
     storage: str = "",
@@ -215,7 +236,7 @@ def work(
     """
     storage = storage or settings.optuna_storage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_name, storage=optuna_storage(storage))
+    study = _wait_for_study(study_name, storage, wait_s)
     # constant_liar: a trial running on another worker counts as a poor result, so parallel
     # workers do not all sample the same promising point.
     with warnings.catch_warnings():

@@ -464,9 +464,13 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def tune_worker_command(args: argparse.Namespace) -> int:
-    from ml.tuning_workers import work  # imports mlflow and optuna: only for this command
+    from ml.tuning_workers import NoSuchStudy, work  # imports mlflow and optuna: only here
 
-    ran = work(args.study, snapshot_dir=args.snapshot_dir, wait_s=args.wait_seconds)
+    try:
+        ran = work(args.study, snapshot_dir=args.snapshot_dir, wait_s=args.wait_seconds)
+    except NoSuchStudy as missing:
+        print(f"propensity tune-worker: {missing}", file=sys.stderr)
+        return 2
     print(f"worker {os.getpid()}: {ran} trials of study {args.study!r} run")
     return 0
 

@@ -21,7 +21,7 @@ from ml.families.xgboost.search import XGBoostSearch
 from ml.splits import save_split_snapshot
 from ml.study import STOPPED_REASON_ATTR, WORKER_ATTR, StudyBudget, optuna_storage
 from ml.synthetic_split import make_labeled_features
-from ml.tuning_workers import ROUND_ATTR, Round, run_on_workers
+from ml.tuning_workers import ROUND_ATTR, NoSuchStudy, Round, run_on_workers, work
 
 FINISHED_OK = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -95,3 +95,12 @@ def test_local_workers_make_up_the_budget_of_a_killed_one(
     # The run the killed worker left RUNNING was ended when its trial was repaired.
     (orphan,) = [run for run in children if run.data.tags["optuna_trial"] == str(failed.number)]
     assert orphan.info.status == "KILLED"
+
+
+def test_a_worker_for_a_study_that_does_not_exist_says_which_do(tmp_path: Path) -> None:
+    storage = str(tmp_path / "optuna.journal")
+    optuna.create_study(study_name="purchase-propensity-xgb", storage=optuna_storage(storage))
+    started = time.monotonic()
+    with pytest.raises(NoSuchStudy, match="studies there: purchase-propensity-xgb"):
+        work("purchase-propensity-xbg", storage=storage, wait_s=1.5)
+    assert time.monotonic() - started >= 1.5  # it looked for the study that long first
