@@ -129,12 +129,12 @@ def make_split_data(
 
 
 def make_labeled_features(
-    seed: int = 0, n_train: int = 2000, n_eval: int = 800
+    seed: int = 0, n_train: int = 2000, n_eval: int = 800, with_sequences: bool = False
 ) -> tuple[LabeledFeatures, TimeSplit]:
     """The rows of `make_split_data` as `ml.splits.save_split_snapshot` takes them (one frame
     with keys, features, label and complete horizons) and their TimeSplit: a snapshot on disk
     without a warehouse, for tuning workers in tests and benches."""
-    data = make_split_data(seed, n_train, n_eval)
+    data = make_split_data(seed, n_train, n_eval, with_sequences)
     frames = []
     for name in ("train", "validation", "promotion"):
         X = getattr(data, f"X_{name}")
@@ -145,6 +145,9 @@ def make_labeled_features(
         frame.insert(1, "cutoff_time", pd.to_datetime(times))
         frame[LABEL_COLUMN] = getattr(data, f"y_{name}")
         frame["horizon_complete"] = True
+        sequences = getattr(data, f"sequences_{name}")
+        if sequences is not None:
+            frame = pd.concat([frame, sequences.reset_index(drop=True)], axis=1)
         frames.append(frame)
     labeled = LabeledFeatures(pd.concat(frames, ignore_index=True), list(data.feature_columns))
     return labeled, data.split

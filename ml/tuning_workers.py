@@ -333,6 +333,10 @@ def run_on_workers(
     )
     # The storage URL (a password, perhaps) travels in the environment, never on a command line.
     env = {**os.environ, "PROPENSITY_OPTUNA_STORAGE": storage}
+    # XGBoost and torch each start a thread per core: N workers would run N times the cores'
+    # threads, which wait for each other. Unless told otherwise, the workers share the cores.
+    cores = len(os.sched_getaffinity(0))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // n_workers)))
 
     def start_worker() -> subprocess.Popen:
         return subprocess.Popen(_worker_command(study_name), env=env)
