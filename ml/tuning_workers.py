@@ -32,6 +32,7 @@ from typing import Any
 
 import mlflow
 import optuna
+from mlflow.exceptions import MlflowException
 from optuna.storages import fail_stale_trials
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
@@ -268,6 +269,35 @@ def _worker_command(study_name: str) -> list[str]:
     return [sys.executable, "-m", "ml.tuning_workers", study_name]
 
 
+class RoundInProgress(RuntimeError):
+    """Another coordinator's round of the same study is still running."""
+
+
+def refuse_a_second_round(study: optuna.Study, round_id: str) -> None:
+    """Raises RoundInProgress while another round of the study has trials queued or running,
+    its MLflow run is RUNNING and its deadline has not passed: a second round would take over
+    its queue and its workers would read the second round's data. A round whose coordinator
+    died (its run ended as KILLED by `ml.tracking.end_orphaned_runs`, or past its deadline) is
+    taken over: its queued trials join the new round."""
+    previous = read_work_order(study)
+    if previous is None or previous.round_id == round_id or previous.deadline().passed():
+        return
+    active = round_trials(study, previous.round_id, (TrialState.WAITING, TrialState.RUNNING))
+    if not active:
+        return
+    try:
+        client = mlflow.MlflowClient(settings.mlflow_tracking_uri())
+        status = client.get_run(previous.round_id).info.status
+    except MlflowException:
+        return  # its run is gone: nobody coordinates it
+    if status == "RUNNING":
+        raise RoundInProgress(
+            f"Study {study.study_name!r} has a round in progress (MLflow run "
+            f"{previous.round_id}, {len(active)} trials queued or running): wait for it, or "
+            "tune under another study_name"
+        )
+
+
 @dataclass(frozen=True)
 class Round:
     """One call's trials: the family and its budget and search settings, the training snapshot
@@ -293,6 +323,7 @@ def open_round(
     storage = budget.storage or settings.optuna_storage()
     study_name = budget.study_name or family.study_name
     study = open_study(study_name, storage, budget.seed, family_pruner(family), log=log)
+    refuse_a_second_round(study, round_.run_id)
     n_queued = queue_round(study, family, round_.search, round_.run_id, budget.n_trials)
     order = WorkOrder(
         round_id=round_.run_id,

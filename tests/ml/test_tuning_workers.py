@@ -21,7 +21,15 @@ from ml.families.xgboost.search import XGBoostSearch
 from ml.splits import save_split_snapshot
 from ml.study import STOPPED_REASON_ATTR, WORKER_ATTR, StudyBudget, optuna_storage
 from ml.synthetic_split import make_labeled_features
-from ml.tuning_workers import ROUND_ATTR, NoSuchStudy, Round, run_on_workers, work
+from ml.tuning_workers import (
+    ROUND_ATTR,
+    NoSuchStudy,
+    Round,
+    RoundInProgress,
+    open_round,
+    run_on_workers,
+    work,
+)
 
 FINISHED_OK = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -104,3 +112,35 @@ def test_a_worker_for_a_study_that_does_not_exist_says_which_do(tmp_path: Path) 
     with pytest.raises(NoSuchStudy, match="studies there: purchase-propensity-xgb"):
         work("purchase-propensity-xbg", storage=storage, wait_s=1.5)
     assert time.monotonic() - started >= 1.5  # it looked for the study that long first
+
+
+def test_a_second_round_waits_for_a_live_one_and_takes_over_a_dead_ones_queue(
+    mlflow_store: Path, tmp_path: Path
+) -> None:
+    labeled, split = make_labeled_features()
+    snapshot_id = save_split_snapshot(labeled, split, tmp_path / "split")
+    budget = StudyBudget(n_trials=3, storage=str(tmp_path / "optuna.journal"), study_name="r")
+    search = XGBoostSearch(num_boost_round=20, early_stopping_rounds=5)
+    client = mlflow.MlflowClient()
+    experiment_id = mlflow.get_experiment_by_name("purchase-propensity").experiment_id
+
+    def a_round(run_id: str) -> Round:
+        return Round(
+            XGBOOST, budget, search, tmp_path / "split", snapshot_id, run_id, experiment_id
+        )
+
+    first = client.create_run(experiment_id, run_name="study-r").info.run_id
+    study, _, queued = open_round(a_round(first), log=lambda _: None)
+    assert queued == 3  # no worker ran them: its coordinator is still "running"
+
+    second = client.create_run(experiment_id, run_name="study-r").info.run_id
+    with pytest.raises(RoundInProgress, match=first):
+        open_round(a_round(second), log=lambda _: None)
+
+    # The first coordinator died: its run was ended as KILLED (end_orphaned_runs). The next
+    # round takes over its three queued trials and queues none more.
+    client.set_terminated(first, status="KILLED")
+    study, order, queued = open_round(a_round(second), log=lambda _: None)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert queued == 3 and len(waiting) == 3 and order.round_id == second
+    assert all(trial.user_attrs[ROUND_ATTR] == second for trial in waiting)
