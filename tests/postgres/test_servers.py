@@ -123,6 +123,12 @@ def test_a_short_training_run_on_postgresql_servers_ends_with_a_champion(
     )
     materialized = {key for (key,) in rows}
     assert status == "SUCCESS"
+    # The warehouse pool's limit lives in PostgreSQL now, still 1 (DuckDB's one writer).
+    slots = query_postgres(
+        dagster_store,
+        "select \"limit\" from concurrency_limits where concurrency_key = 'duckdb_warehouse'",
+    )
+    assert slots == [(1,)], slots
     for key in (
         '["raw", "events"]',
         '["marts", "user_features"]',
