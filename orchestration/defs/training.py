@@ -221,6 +221,10 @@ def build_study_asset(family: ModelFamily) -> dg.AssetsDefinition:
         ),
     )
     def study(context: dg.AssetExecutionContext, config: config_class) -> dg.MaterializeResult:
+        if config.n_workers < 1:
+            raise dg.Failure(
+                f"n_workers must be at least 1 (1: in this process), got {config.n_workers}"
+            )
         data, snapshot_id = load_roles(family)
         start_mlflow(context.log.warning)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # tune logs one line per trial
