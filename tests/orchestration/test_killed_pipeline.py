@@ -21,6 +21,7 @@ import dagster as dg
 import mlflow
 import optuna
 import pyarrow.parquet as pq
+import pytest
 
 from ml import settings
 from ml.families import all_families
@@ -31,7 +32,7 @@ from orchestration.defs.resources import TRAINING_POOL, WAREHOUSE_POOL
 from orchestration.instance import prepare_dagster_home
 from orchestration.recovery import fail_dead_runs
 from tests.conftest import query
-from tests.orchestration.test_materialize import FULL_RUN_CONFIG, SHOP_CUTOFF
+from tests.orchestration.test_materialize import FULL_RUN_CONFIG, SHOP_CUTOFF, with_sizes
 
 RUN = """
 import json, sys
@@ -42,6 +43,10 @@ with dg.DagsterInstance.get() as instance:
                    run_config={**json.loads(sys.argv[1]), **in_process_execution()},
                    tags={CUTOFF_TAG: sys.argv[2]})
 """
+
+
+# test_materialize's run, sizes and all (small bootstraps): the repair is what is tested here.
+RUN_CONFIG = with_sizes(FULL_RUN_CONFIG)
 
 
 def running_trials(storage: optuna.storages.BaseStorage) -> list[optuna.trial.FrozenTrial]:
@@ -64,10 +69,11 @@ def seq_trial_running(storage_path: Path) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
 
+@pytest.mark.slow(1.3)
 def test_a_run_killed_mid_study_is_repaired_by_running_again(project_home: Path) -> None:
     home = prepare_dagster_home(project_home / "dagster")
     env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": os.getcwd()}
-    arguments = [json.dumps(FULL_RUN_CONFIG), SHOP_CUTOFF.isoformat()]
+    arguments = [json.dumps(RUN_CONFIG), SHOP_CUTOFF.isoformat()]
     worker = subprocess.Popen(
         [sys.executable, "-c", RUN, *arguments], env=env, start_new_session=True
     )
@@ -92,7 +98,7 @@ def test_a_run_killed_mid_study_is_repaired_by_running_again(project_home: Path)
         result = dg.execute_job(
             dg.reconstructable(full_pipeline_job),
             instance=instance,
-            run_config={**FULL_RUN_CONFIG, **in_process_execution()},
+            run_config={**RUN_CONFIG, **in_process_execution()},
             tags={CUTOFF_TAG: SHOP_CUTOFF.isoformat()},
         )
         assert result.success

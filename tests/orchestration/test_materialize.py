@@ -5,10 +5,18 @@ tuning, training, promotion and scoring, on a small shop, on the CPU.
 The full pipeline runs as `make run` and the UI run it: on the multiprocess executor, in an
 instance whose warehouse pool has a limit of 1 (orchestration/instance.py). Then one simulated
 night (orchestration/nightly.py) runs the job the 02:00 schedule runs on the next day.
+
+The horizon is one day, so the cutoff that the full run scores has its labels complete after the
+night: the night's matured-label monitor checks those served scores against the realized labels
+and against what the serving version promised. The dbt vars travel in the run config of
+warehouse_dbt_models (horizon, lookback); the night's schedule request gets the same sizes merged
+in. Scoring once more afterwards (a crash and rerun of the night's scoring step) replaces only its
+own rows of the served history.
 """
 
 from __future__ import annotations
 
+import copy
 import secrets
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +29,13 @@ import pytest
 from ml.data.pseudonyms import DEVELOPMENT_VARIABLE, SALT_VARIABLE
 from ml.settings import DBT_PROJECT_DIR
 from ml.study import optuna_storage
-from orchestration.defs.jobs import CUTOFF_TAG, full_pipeline_job, multiprocess_execution
+from orchestration.defs.jobs import (
+    CUTOFF_TAG,
+    full_pipeline_job,
+    in_process_execution,
+    multiprocess_execution,
+    nightly_retraining_job,
+)
 from orchestration.defs.resources import WAREHOUSE_POOL
 from orchestration.instance import instance_settings
 from tests.conftest import query
@@ -39,7 +53,20 @@ FULL_RUN_CONFIG = {
         "propensity_scores": {"config": {"top_k": 25}},
     }
 }
-SHOP_CUTOFF = datetime(2025, 10, 1)  # midnight after the shop's 30 days
+SHOP_CUTOFF = datetime(2025, 10, 1)  # midnight after the shop's 30 days: scored by the full run
+NIGHT_CUTOFF = datetime(2025, 10, 2)  # the night adds 2025-10-01 and scores this cutoff
+RESAMPLES = 200
+# The full run's and the night's sizes: FULL_RUN_CONFIG's budgets, a one-day horizon (so
+# SHOP_CUTOFF matures after one night), a lookback that the 30 days hold, and small bootstraps.
+SIZES = {
+    **{op: v for op, v in FULL_RUN_CONFIG["ops"].items() if op != "landing__synthetic_events"},
+    "warehouse_dbt_models": {"config": {"horizon": "1 day", "lookback": "7 days"}},
+    "training__xgb_model": {"config": {"n_resamples": RESAMPLES}},
+    "training__seq_model": {"config": {"n_resamples": RESAMPLES}},
+    "training__champion": {"config": {"n_resamples": RESAMPLES}},
+    "monitoring__served_performance": {"config": {"n_resamples": RESAMPLES}},
+}
+MONITOR = dg.AssetKey(["monitoring", "served_performance"])
 OUR_CHECKS = {"raw_events_fresh", "label_rate_in_band", "key_features_not_null"}
 OUR_CHECKS |= {"feature_drift_psi", "score_distribution_sane"}
 
@@ -62,16 +89,73 @@ def pool_step_intervals(
     return sorted(intervals)
 
 
+def with_sizes(run_config: dict) -> dict:
+    """`run_config` with SIZES merged into each op's config (the run's own keys win)."""
+    merged = copy.deepcopy(run_config)
+    ops = merged.setdefault("ops", {})
+    for op, values in SIZES.items():
+        config = ops.setdefault(op, {}).setdefault("config", {})
+        ops[op]["config"] = {**values["config"], **config}
+    return merged
+
+
+def monitor_result(
+    instance: dg.DagsterInstance, run_id: str
+) -> tuple[dict, dg.AssetCheckEvaluation]:
+    """The monitor's materialization metadata and its check evaluation in one run."""
+    events = [
+        record.event_log_entry.dagster_event
+        for record in instance.get_records_for_run(run_id).records
+        if record.event_log_entry.dagster_event is not None
+    ]
+    (materialization,) = [
+        event.event_specific_data.materialization
+        for event in events
+        if event.event_type_value == "ASSET_MATERIALIZATION"
+        and event.event_specific_data.materialization.asset_key == MONITOR
+    ]
+    (check,) = [
+        event.event_specific_data
+        for event in events
+        if event.event_type_value == "ASSET_CHECK_EVALUATION"
+        and event.event_specific_data.asset_key == MONITOR
+    ]
+    return {k: v.value for k, v in materialization.metadata.items()}, check
+
+
+def history_counts(warehouse: Path) -> list[tuple]:
+    return query(
+        warehouse,
+        "select cutoff_time, model_version, count(*), count(distinct user_id), max(scored_at) "
+        "from predictions.served_history group by all order by all",
+    )
+
+
+def active_users(warehouse: Path, cutoff: datetime) -> int:
+    return query(
+        warehouse, f"select count(*) from marts.user_features where cutoff_time = '{cutoff}'"
+    )[0][0]
+
+
 def dbt_run_folders(run_id: str) -> list[Path]:
     """dagster-dbt's target folders (manifest, compiled and run SQL, logs) of one run."""
     return [p for p in (DBT_PROJECT_DIR / "target").iterdir() if f"-{run_id[:7]}-" in p.name]
 
 
+@pytest.mark.slow(5)
 def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
     project_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from orchestration import nightly
     from orchestration.definitions import defs
-    from orchestration.nightly import run_night
+
+    schedule_request = nightly.nightly_request
+
+    def sized_request(cutoff: datetime, n_trials: int | None) -> tuple[dict, dict[str, str]]:
+        run_config, tags = schedule_request(cutoff, n_trials)
+        return with_sizes(run_config), tags
+
+    monkeypatch.setattr(nightly, "nightly_request", sized_request)
 
     # A real key, outside development mode: afterwards neither it nor a raw user id may be on
     # disk outside the raw layer (step processes inherit the environment).
@@ -90,7 +174,7 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
         result = dg.execute_job(
             dg.reconstructable(full_pipeline_job),
             instance=instance,
-            run_config={**FULL_RUN_CONFIG, **multiprocess_execution()},
+            run_config=with_sizes({**FULL_RUN_CONFIG, **multiprocess_execution()}),
             tags={CUTOFF_TAG: SHOP_CUTOFF.isoformat()},
         )
         messages = [
@@ -189,6 +273,16 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
         assert seq["mlflow_model_version"].endswith(f"/versions/{seq['model_version']}")
         assert encoder["mlflow_model_version"].endswith("/models/behaviour-encoder/versions/1")
         assert seq_study["mlflow_run"].startswith("http://127.0.0.1:")
+        # The monitor: SHOP_CUTOFF is served, but its one-day label window is still open.
+        monitor, check = monitor_result(instance, result.run_id)
+        assert monitor["matured_cutoffs"] == 0 and monitor["pending_pairs"] == 1
+        assert monitor["next_maturity"] == "2025-10-02 00:00:00"
+        assert monitor["summary"].startswith("0 cutoff(s) matured")
+        assert (
+            "next matures at 2025-10-02 00:00:00 (cutoff 2025-10-01 00:00:00"
+            in (monitor["summary"])
+        )
+        assert check.passed and check.severity == dg.AssetCheckSeverity.WARN
         raw_ids = raw_user_ids(project_home / "warehouse.duckdb")
         dagster_folders = [Path(instance.root_directory), *dbt_run_folders(result.run_id)]
         assert files_holding(dagster_folders, salt, raw_ids) == {}
@@ -220,6 +314,10 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
         """,
     )[0]
     assert scored == active and len(scored) > 100
+    # The served history: the champion's scores of SHOP_CUTOFF, one row per active user.
+    (first_rows,) = history_counts(warehouse)
+    assert first_rows[:2] == (SHOP_CUTOFF, winner)
+    assert first_rows[2] == first_rows[3] == active_users(warehouse, SHOP_CUTOFF) == len(scored)
     (n_targets, n_with_drivers) = query(
         warehouse,
         "select count(*), count(driver_1) from predictions.intervention_targets",
@@ -266,16 +364,21 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
     fresh.mkdir()
     assert check_registered_models_are_self_contained(tracking_uri, fresh) == 4
 
-    # One night: the next day of the same shop lands, and the schedule's job runs on it.
+    # One night: the next day of the same shop lands (SHOP_CUTOFF's labels are complete), and
+    # the schedule's job runs on it and scores NIGHT_CUTOFF.
     with dg.instance_for_test(overrides=instance_settings()) as instance:
-        night = run_night(n_trials=3, instance=instance)
+        night = nightly.run_night(n_trials=1, instance=instance)
         assert night.success, night
+        assert night.cutoff == NIGHT_CUTOFF
         run = instance.get_run_by_id(night.run_id)
         assert run.job_name == "nightly_retraining"
         assert run.tags[CUTOFF_TAG] == "2025-10-02T00:00:00"
-        assert run.run_config["ops"]["warehouse_dbt_models"]["config"]["as_of"] == (
-            "2025-10-02 00:00:00"
-        )
+        assert run.run_config["ops"]["warehouse_dbt_models"]["config"] == {
+            "as_of": "2025-10-02 00:00:00",
+            "horizon": "1 day",
+            "lookback": "7 days",
+        }
+        monitor, check = monitor_result(instance, night.run_id)
         raw_ids = raw_user_ids(project_home / "warehouse.duckdb")
         night_folders = [Path(instance.root_directory), *dbt_run_folders(night.run_id)]
         assert files_holding(night_folders, salt, raw_ids) == {}
@@ -288,14 +391,80 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
     assert night.decision in ("promoted", "kept_champion") and night.reason
     for number in ("3", "4"):
         version = client.get_model_version("purchase-propensity", number)
-        assert version.tags["promotion_window"].endswith("2025-09-25T00:00:00")  # moved a day
+        assert version.tags["promotion_window"].endswith("2025-10-01T00:00:00")  # moved a day
         assert version.tags["promotion_decision"] in ("promoted", "kept_champion")
     (latest_cutoff, scored_cutoff) = query(
         warehouse,
         "select (select max(cutoff_time) from marts.cutoffs), "
         "(select max(cutoff_time) from predictions.user_propensity)",
     )[0]
-    assert latest_cutoff == scored_cutoff == datetime(2025, 10, 2)
+    assert latest_cutoff == scored_cutoff == NIGHT_CUTOFF
+
+    # The night's monitor: SHOP_CUTOFF matured, served by the full run's champion, with the
+    # realized PR-AUC interval beside the interval that version promised on its promotion window.
+    assert monitor["matured_cutoffs"] == 1 and monitor["matured_pairs"] == 1
+    assert monitor["newest_matured_cutoff"] == "2025-10-01 00:00:00"
+    assert monitor["newest_matured_version"] == winner
+    assert monitor["next_maturity"] == "2025-10-03 00:00:00"  # NIGHT_CUTOFF, pending
+    low, high = (float(v) for v in monitor["newest_realized_pr_auc_ci"].strip("[]").split(","))
+    assert 0 <= low <= monitor["newest_realized_pr_auc"] <= high <= 1
+    promised = client.get_run(client.get_model_version("purchase-propensity", winner).run_id)
+    promised = promised.data.metrics
+    assert monitor["newest_promised_pr_auc"] == pytest.approx(promised["promotion_pr_auc"])
+    assert monitor["newest_promised_pr_auc_ci"] == (
+        f"[{promised['promotion_pr_auc_ci_low']:.4f}, {promised['promotion_pr_auc_ci_high']:.4f}]"
+    )
+    # Every served user of that cutoff met its label; ECE and the buyer rate come with it.
+    assert monitor["newest_rows"] == first_rows[2] and monitor["newest_buyers"] >= 1
+    assert monitor["newest_buyer_rate"] == pytest.approx(monitor["newest_buyers"] / first_rows[2])
+    assert 0 < monitor["newest_mean_score"] < 1
+    assert monitor["newest_realized_ece_ci"].startswith("[")
+    assert monitor["newest_promised_ece"] == pytest.approx(promised["promotion_ece"])
+    assert f"| 2025-10-01 00:00:00 | {winner} |" in monitor["served_vs_promised"]
+    # Whatever the verdict, the check warns (never errors) and says what it compared.
+    assert check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["matured_cutoffs"].value == 1
+    assert check.metadata["unlabeled_rows"].value == 0
+    if not check.passed:
+        assert "cutoff 2025-10-01 00:00:00 version" in check.description
+
+    # The history holds both nights' predictions, each once.
+    night_version = str(
+        client.get_model_version_by_alias("purchase-propensity", "champion").version
+    )
+    before = history_counts(warehouse)
+    assert [row[:2] for row in before] == [(SHOP_CUTOFF, winner), (NIGHT_CUTOFF, night_version)]
+    assert before[0][2:] == first_rows[2:]  # the first run's rows as served
+    assert before[1][2] == before[1][3] == active_users(warehouse, NIGHT_CUTOFF)
+
+    # Scoring again (a crash and rerun of the night's scoring step) replaces its own rows.
+    with dg.instance_for_test(overrides=instance_settings()) as instance:
+        rerun = dg.execute_job(
+            dg.reconstructable(nightly_retraining_job),
+            instance=instance,
+            run_config={
+                "ops": {
+                    op: SIZES[op] for op in ("propensity_scores", MONITOR.to_python_identifier())
+                },
+                **in_process_execution(),
+            },
+            asset_selection=[
+                dg.AssetKey(["predictions", "user_propensity"]),
+                dg.AssetKey(["predictions", "intervention_targets"]),
+                dg.AssetKey(["predictions", "served_history"]),
+                dg.AssetKey(["predictions", "next_categories"]),
+                MONITOR,
+            ],
+        )
+        assert rerun.success
+        monitor, _ = monitor_result(instance, rerun.run_id)
+    after = history_counts(warehouse)
+    assert [row[:4] for row in after] == [row[:4] for row in before]
+    assert after[0][4] == before[0][4] and after[1][4] > before[1][4]  # only the night's rescored
+    assert monitor["matured_cutoffs"] == 1
+    assert query(warehouse, "select count(*) from predictions.user_propensity")[0][0] == (
+        before[0][2] + before[1][2]
+    )
 
     # The state folder: MLflow's store (params, tags, metrics) and artifacts (models, input
     # examples, model cards, plots), the Optuna journal, the training snapshots; the warehouse
