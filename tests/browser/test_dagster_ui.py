@@ -85,6 +85,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUI]:
         ui.stop([process])
 
 
+@pytest.mark.slow(0.7)
 def test_materialize_an_asset_from_the_asset_graph(
     page: Page, dagster_ui: DagsterUI, screenshots: Screenshots
 ) -> None:

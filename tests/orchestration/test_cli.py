@@ -103,6 +103,7 @@ def test_too_few_cutoffs_are_refused_before_anything_is_written(
     assert not state.exists()
 
 
+@pytest.mark.slow(0.7)
 def test_features_only_on_the_rees46_sample_ends_with_the_summary_and_a_data_report(
     tmp_path: Path, shared_datasets: Path
 ) -> None:
@@ -183,6 +184,7 @@ def test_roles_without_a_purchase_are_refused(tmp_path: Path, shared_datasets: P
     assert "so there is nothing to learn from" in result.stderr
 
 
+@pytest.mark.slow(1.7)
 def test_a_small_run_on_a_taobao_file_ends_with_the_summary(tmp_path: Path) -> None:
     path = write_taobao_file(tmp_path / "UserBehavior.csv", seed=0)
     state = tmp_path / "shop"

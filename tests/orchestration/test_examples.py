@@ -51,6 +51,7 @@ def test_every_source_example_is_valid_config_with_a_command() -> None:
         assert header_command(EXAMPLES / example)[:3] == ["dagster", "asset", "materialize"]
 
 
+@pytest.mark.slow(0.5)
 @pytest.mark.parametrize(
     ("example", "events"),
     # Each as written: 35-40 s on 2 cores (every step in one process, as the examples say).

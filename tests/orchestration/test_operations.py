@@ -306,6 +306,7 @@ def test_warehouse_assets_and_checks_share_the_pool() -> None:
 # --- backfill of a date range --------------------------------------------------------------
 
 
+@pytest.mark.slow(0.9)
 def test_backfill_job_loads_a_date_range_and_rebuilds_its_cutoffs(project_home: Path) -> None:
     from orchestration.definitions import defs
     from orchestration.nightly import backfill_run_config

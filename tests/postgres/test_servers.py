@@ -75,6 +75,7 @@ def mlflow_server(
         log.close()
 
 
+@pytest.mark.slow(1.4)
 def test_a_short_training_run_on_postgresql_servers_ends_with_a_champion(
     tmp_path: Path, postgres_database: Callable[[str], str], mlflow_server: tuple[str, str]
 ) -> None:

@@ -97,6 +97,7 @@ def trials_run(out: str) -> int:
     return int(re.search(r"(\d+) trials of study", out).group(1))
 
 
+@pytest.mark.slow(0.5)
 def test_four_workers_share_one_postgresql_study(
     tmp_path: Path, postgres_database: Callable[[str], str]
 ) -> None:
@@ -132,6 +133,7 @@ def test_four_workers_share_one_postgresql_study(
     assert sorted(int(run.data.tags["optuna_trial"]) for run in children) == numbers
 
 
+@pytest.mark.slow(0.5)
 def test_a_killed_workers_trial_fails_by_heartbeat_and_the_others_make_up_its_budget(
     tmp_path: Path, postgres_database: Callable[[str], str]
 ) -> None:
