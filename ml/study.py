@@ -47,7 +47,7 @@ from ml import settings
 from ml.families.base import PARAMS_ATTR, ModelFamily, TrainedModel
 from ml.liveness import this_worker, worker_dead
 from ml.splits import SplitData
-from ml.tracking import WORKER_TAG
+from ml.tracking import WORKER_TAG, end_run_as_killed
 
 TRAINING_SEED = 0
 # User attributes of a trial the study's deadline stopped: why, and the last round or epoch run.
@@ -252,8 +252,7 @@ def retry_dead_workers_trial(study: optuna.Study, trial: FrozenTrial) -> None:
             [e.experiment_id for e in client.search_experiments()], filter_string
         )
         for run in runs:
-            client.set_tag(run.info.run_id, "killed_reason", "its worker died mid-trial")
-            client.set_terminated(run.info.run_id, status="KILLED")
+            end_run_as_killed(client, run.info.run_id, "its worker died mid-trial")
     except MlflowException:  # the trial is repaired; the run is ended by end_orphaned_runs
         return
 

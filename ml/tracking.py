@@ -40,6 +40,8 @@ DEFAULT_EXPERIMENT = "purchase-propensity"
 # The tag naming the process that runs an MLflow run ("<host>:<pid>", ml.liveness): a run left
 # RUNNING by a process that is gone is ended as KILLED (`end_orphaned_runs`).
 WORKER_TAG = "worker"
+# Why a run that its dead process left RUNNING was ended as KILLED by another (`end_run_as_killed`).
+KILLED_REASON_TAG = "killed_reason"
 # What loading and calling a model needs (pinned at logging time). The model's own code, the
 # `ml` package, travels with it (`model_code_paths`), so the registered model loads where this
 # repository is not installed (`mlflow models serve`, a Docker image). scikit-learn, duckdb,
@@ -119,6 +121,13 @@ def _experiment_by_name(name: str, attempts: int = 3) -> mlflow.entities.Experim
     return None
 
 
+def end_run_as_killed(client: mlflow.MlflowClient, run_id: str, reason: str) -> None:
+    """Ends a run whose process died while it was RUNNING: status KILLED, the reason as a tag
+    (MLflow keeps such a run RUNNING, with no end time, otherwise)."""
+    client.set_tag(run_id, KILLED_REASON_TAG, reason)
+    client.set_terminated(run_id, status="KILLED")
+
+
 def end_orphaned_runs(log: Callable[[str], None] = lambda _: None) -> list[str]:
     """Ends as KILLED every RUNNING run of the active experiment whose worker process is gone
     (a study or final run of a killed process keeps no end time otherwise); returns their ids.
@@ -135,8 +144,7 @@ def end_orphaned_runs(log: Callable[[str], None] = lambda _: None) -> list[str]:
         worker = run.data.tags.get(WORKER_TAG, "")
         if not worker_dead(worker):
             continue
-        client.set_tag(run.info.run_id, "killed_reason", f"its worker process {worker} died")
-        client.set_terminated(run.info.run_id, status="KILLED")
+        end_run_as_killed(client, run.info.run_id, f"its worker process {worker} died")
         log(f"MLflow run {run.info.run_id} ({run.info.run_name}) ended as KILLED: {worker} died")
         ended.append(run.info.run_id)
     return ended

@@ -24,6 +24,7 @@ from ml.families.xgboost.search import XGBoostSearch
 from ml.splits import save_split_snapshot
 from ml.study import STOPPED_REASON_ATTR, WORKER_ATTR, StudyBudget, optuna_storage
 from ml.synthetic_split import make_labeled_features
+from ml.tracking import KILLED_REASON_TAG
 from ml.tuning_workers import Round, open_round
 
 PROPENSITY = Path(sys.executable).parent / "propensity"
@@ -180,7 +181,7 @@ def test_a_killed_workers_trial_fails_by_heartbeat_and_the_others_make_up_its_bu
     assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
     # The run the dead worker left RUNNING was ended by the worker that noticed.
     (orphan,) = client.search_runs([experiment_id], trial_run)
-    assert orphan.info.status == "KILLED" and "killed_reason" in orphan.data.tags
+    assert orphan.info.status == "KILLED" and KILLED_REASON_TAG in orphan.data.tags
 
 
 @pytest.fixture(autouse=True)
