@@ -50,7 +50,8 @@ nightly: $(MANIFEST)
 
 # The tests' temporary folders (DuckDB files, SQLite stores, Dagster's event log, MLflow's and
 # Optuna's files) go to memory where /dev/shm has 4 GB free: their many small synced writes
-# cost twice as long on this disk (docs/testing.md). TEST_TMPDIR= keeps them in the default.
+# take about twice as long on this disk (bench/event_log_writes.py), a whole test about 10 %
+# longer (docs/testing.md). TEST_TMPDIR= keeps them in the default.
 TEST_TMPDIR ?= $(shell df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 && $$4 > 4000000 {print "/dev/shm"}')
 
 # Two test processes, each taking whole files (module fixtures are built once), the files

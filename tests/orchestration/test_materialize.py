@@ -278,10 +278,8 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
         assert monitor["matured_cutoffs"] == 0 and monitor["pending_pairs"] == 1
         assert monitor["next_maturity"] == "2025-10-02 00:00:00"
         assert monitor["summary"].startswith("0 cutoff(s) matured")
-        assert (
-            "next matures at 2025-10-02 00:00:00 (cutoff 2025-10-01 00:00:00"
-            in (monitor["summary"])
-        )
+        next_maturity = "next matures at 2025-10-02 00:00:00 (cutoff 2025-10-01 00:00:00"
+        assert next_maturity in monitor["summary"]
         assert check.passed and check.severity == dg.AssetCheckSeverity.WARN
         raw_ids = raw_user_ids(project_home / "warehouse.duckdb")
         dagster_folders = [Path(instance.root_directory), *dbt_run_folders(result.run_id)]
@@ -408,8 +406,8 @@ def test_full_pipeline_multiprocess_with_the_pool_then_a_night(
     assert monitor["next_maturity"] == "2025-10-03 00:00:00"  # NIGHT_CUTOFF, pending
     low, high = (float(v) for v in monitor["newest_realized_pr_auc_ci"].strip("[]").split(","))
     assert 0 <= low <= monitor["newest_realized_pr_auc"] <= high <= 1
-    promised = client.get_run(client.get_model_version("purchase-propensity", winner).run_id)
-    promised = promised.data.metrics
+    served_run = client.get_model_version("purchase-propensity", winner).run_id
+    promised = client.get_run(served_run).data.metrics
     assert monitor["newest_promised_pr_auc"] == pytest.approx(promised["promotion_pr_auc"])
     assert monitor["newest_promised_pr_auc_ci"] == (
         f"[{promised['promotion_pr_auc_ci_low']:.4f}, {promised['promotion_pr_auc_ci_high']:.4f}]"
