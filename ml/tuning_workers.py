@@ -92,8 +92,24 @@ class WorkOrder:
 
 
 class NoQueuedTrial(Exception):
-    """Raised inside a trial Optuna created instead of popping a queued one: another worker took
-    the last queued trial between this worker's look at the queue and its ask."""
+    """Another worker took the last queued trial between this worker's look at the queue and
+    its ask."""
+
+
+class _QueuedTrialsOnly(optuna.Study):
+    """A worker's view of the study: ask() pops a queued trial or raises NoQueuedTrial.
+
+    Optuna's own ask() creates a new trial when the queue is empty: a worker that lost the race
+    for the last queued trial would add a trial the round never queued, over its budget.
+    """
+
+    def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
+        if fixed_distributions:
+            raise ValueError("a worker's trials take their parameters from the queue")
+        trial_id = self._pop_waiting_trial_id()
+        if trial_id is None:
+            raise NoQueuedTrial("no queued trial left: another worker took the last one")
+        return optuna.Trial(self, trial_id)
 
 
 def read_work_order(study: optuna.Study) -> WorkOrder | None:
@@ -166,20 +182,12 @@ def _start_session(study: optuna.Study, order: WorkOrder, snapshot_dir: Path | N
         data_id=order.snapshot_id,
         parent_run_id=order.round_id,
     )
-
-    def queued_only(trial: optuna.Trial, deadline: Deadline) -> float:
-        system_attrs = study._storage.get_trial_system_attrs(trial._trial_id)
-        if "fixed_params" not in system_attrs:
-            reason = "no queued trial left: another worker took the last one"
-            trial.set_user_attr(STOPPED_REASON_ATTR, reason)
-            raise NoQueuedTrial(reason)
-        return objective(trial, deadline)
-
-    return _Session(order, family, queued_only)
+    return _Session(order, family, objective)
 
 
-def _run_one_trial(study: optuna.Study, session: _Session, log: Callable[[str], None]) -> None:
-    """Pops one queued trial and runs it, with heartbeats (Study.optimize keeps them)."""
+def _run_one_trial(study: optuna.Study, session: _Session, log: Callable[[str], None]) -> bool:
+    """Pops one queued trial and runs it, with heartbeats (Study.optimize keeps them); False
+    when another worker took the last queued trial first."""
     deadline = session.order.deadline()
 
     def report(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -191,14 +199,17 @@ def _run_one_trial(study: optuna.Study, session: _Session, log: Callable[[str], 
         study.optimize(
             lambda trial: session.objective(trial, deadline),
             n_trials=1,
-            catch=(StudyTimedOut, NoQueuedTrial),
+            catch=(StudyTimedOut,),
             callbacks=[report],
             gc_after_trial=True,
         )
+    except NoQueuedTrial:
+        return False
     except optuna.exceptions.UpdateFinishedTrialError as error:
         # Its heartbeats came too late (a machine too busy for the grace period): another
         # worker failed the trial and queued it again; this worker's result is dropped.
         log(f"worker {os.getpid()}: a trial was failed by another worker: {error}")
+    return True
 
 
 class NoSuchStudy(LookupError):
@@ -212,7 +223,7 @@ def _wait_for_study(study_name: str, storage: str, wait_s: float) -> optuna.Stud
     give_up = time.monotonic() + wait_s
     while True:
         if study_name in optuna.get_all_study_names(opened):
-            return optuna.load_study(study_name=study_name, storage=opened)
+            return _QueuedTrialsOnly(study_name=study_name, storage=opened)
         if time.monotonic() >= give_up:
             known = ", ".join(sorted(optuna.get_all_study_names(opened))) or "none"
             raise NoSuchStudy(
@@ -254,8 +265,7 @@ def work(
         if in_time and queued:
             if session is None or session.order.round_id != order.round_id:
                 session = _start_session(study, order, snapshot_dir)
-            _run_one_trial(study, session, log)
-            ran += 1
+            ran += _run_one_trial(study, session, log)
             idle_since = time.monotonic()
             continue
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

@@ -23,9 +23,11 @@ from ml.study import STOPPED_REASON_ATTR, WORKER_ATTR, StudyBudget, optuna_stora
 from ml.synthetic_split import make_labeled_features
 from ml.tuning_workers import (
     ROUND_ATTR,
+    NoQueuedTrial,
     NoSuchStudy,
     Round,
     RoundInProgress,
+    _wait_for_study,
     open_round,
     run_on_workers,
     work,
@@ -103,6 +105,23 @@ def test_local_workers_make_up_the_budget_of_a_killed_one(
     # The run the killed worker left RUNNING was ended when its trial was repaired.
     (orphan,) = [run for run in children if run.data.tags["optuna_trial"] == str(failed.number)]
     assert orphan.info.status == "KILLED"
+
+
+def test_a_worker_that_loses_the_race_for_the_last_queued_trial_adds_no_trial(
+    tmp_path: Path,
+) -> None:
+    storage = str(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="last-trial", storage=optuna_storage(storage))
+    study.enqueue_trial({"x": 1.0}, user_attrs={ROUND_ATTR: "round-1"})
+    # Both workers saw one queued trial; the first pops it.
+    winner = _wait_for_study("last-trial", storage, wait_s=0)
+    loser = _wait_for_study("last-trial", storage, wait_s=0)
+    popped = winner.ask()
+    with pytest.raises(NoQueuedTrial):
+        loser.optimize(lambda trial: trial.suggest_float("x", 0, 2), n_trials=1)
+    trials = study.get_trials()
+    assert [(t.number, t.state) for t in trials] == [(popped.number, TrialState.RUNNING)]
+    assert trials[0].user_attrs[ROUND_ATTR] == "round-1"
 
 
 def test_a_worker_for_a_study_that_does_not_exist_says_which_do(tmp_path: Path) -> None:
